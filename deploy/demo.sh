@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The demo: a real gateway in network namespaces. Builds subscriber / gateway / internet hosts,
+# starts an origin in the internet namespace and swarmcache on the gateway (transparent
+# interception, no client configuration), fetches one file twice from the subscriber with curl
+# and prints what happened. Everything is torn down at the end, also on failure.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+[ "${SKIP_INSTALL:-0}" = 1 ] || ./deploy/install-deps.sh
+size_mib=${DEMO_MIB:-64}
+prefix="dm$(tr -dc 'a-z0-9' </dev/urandom | head -c 4)"
+work=$(mktemp -d /tmp/swarmcache-demo.XXXXXX)
+SUB="ip netns exec ${prefix}sub"; GW="ip netns exec ${prefix}gw"; NET="ip netns exec ${prefix}net"
+cleanup() {
+  [ -n "${daemon_pid:-}" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  ./deploy/testbed.sh down "$prefix" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+./deploy/testbed.sh up "$prefix"
+mkdir -p "$work/www" "$work/cache"
+head -c "$((size_mib << 20))" /dev/urandom > "$work/www/video.bin"
+echo '{"/video.bin": {"Cache-Control": "max-age=3600"}}' > "$work/www/.headers.json"
+$NET python3 deploy/origin.py --bind 10.77.2.2 --port 80 --root "$work/www" \
+  --log "$work/origin.log" > "$work/origin.out" 2>&1 &
+$GW python3 -m swarmcache run --cache-dir "$work/cache" --subscribers 10.77.1.0/24 \
+  --admin-listen 127.0.0.1:9480 --proxy-listen 10.77.1.1:3128 \
+  --access-log "$work/access.log" > "$work/daemon.log" 2>&1 &
+daemon_pid=$!
+for _ in $(seq 100); do
+  $GW curl -sf -o /dev/null http://127.0.0.1:9480/healthz && $NET curl -sf -o /dev/null \
+    http://10.77.2.2/ && break
+  sleep 0.1
+done
+$GW curl -sf -o /dev/null http://127.0.0.1:9480/healthz || { cat "$work/daemon.log"; exit 1; }
+uplink_bytes() { $GW cat "/sys/class/net/${prefix}gn/statistics/rx_bytes"; }
+fetch() { # n
+  local before after
+  before=$(uplink_bytes)
+  $SUB curl -s -D "$work/h$1" -o "$work/got$1" -w '%{time_total} %{size_download}' \
+    http://10.77.2.2/video.bin > "$work/w$1"
+  after=$(uplink_bytes)
+  read -r t n < "$work/w$1"
+  printf 'fetch %d: %-4s %s bytes in %6.3f s (%7.1f MB/s); uplink carried %s bytes\n' "$1" \
+    "$(grep -i '^x-cache:' "$work/h$1" | tr -d '\r' | cut -d' ' -f2)" "$n" "$t" \
+    "$(python3 -c "print($n/1e6/max($t,1e-9))")" "$((after - before))"
+}
+echo "== swarmcache demo: subscriber 10.77.1.2 -> gateway -> origin 10.77.2.2 (${size_mib} MiB file)"
+fetch 1
+fetch 2
+want=$(sha256sum < "$work/www/video.bin" | cut -d' ' -f1)
+for i in 1 2; do
+  got=$(sha256sum < "$work/got$i" | cut -d' ' -f1)
+  [ "$got" = "$want" ] && echo "fetch $i: sha256 matches the origin's file" \
+    || { echo "fetch $i: sha256 MISMATCH"; exit 1; }
+done
+echo "origin saw $(grep -c '"GET"' "$work/origin.log") GET request(s)"
+echo "== access log"; sleep 1.2; cat "$work/access.log"
+echo "== metrics"
+$GW curl -s http://127.0.0.1:9480/metrics | grep -E '^swarmcache_(http_requests_total|http_saved_bytes_total|http_upstream_bytes_total|store_)' | grep -v ' 0.0$'

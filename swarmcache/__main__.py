@@ -1,0 +1,3 @@
+from swarmcache.cli import main
+import sys
+sys.exit(main())

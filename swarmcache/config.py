@@ -1,0 +1,274 @@
+"""One typed, validated configuration object, loaded from TOML and overridden by flags.
+
+Why it is built this way: a cache that silently ignores a misspelt key (``max_obejct_bytes``)
+runs for months with a setting the operator believes is in force. Every section is a frozen
+dataclass; the loader walks the TOML table against the dataclass fields, so an unknown key, a
+wrong type or an out-of-range value stops start-up with a message naming the key
+(``http.proxy_listen: expected HOST:PORT, got '3128'``). Command-line flags are applied on
+top with :func:`dataclasses.replace`, so there is exactly one object the daemon reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AdminConfig",
+    "CacheConfig",
+    "Config",
+    "ConfigError",
+    "HttpConfig",
+    "InterceptConfig",
+    "LogConfig",
+    "load_config",
+    "parse_hostport",
+    "parse_subscribers",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and the problem."""
+
+
+def parse_hostport(text: str, *, key: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` too); raise ConfigError naming ``key``."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{key}: port {port} is out of range 0-65535")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(f"{key}: {host!r} is not an IP address") from None
+        host = "127.0.0.1"
+    return host, port
+
+
+def parse_subscribers(items: list[str] | str, *, key: str) -> tuple[ipaddress.IPv4Network, ...]:
+    """Parse subscriber prefixes (a list, or one comma-separated string)."""
+    if isinstance(items, str):
+        items = [part for part in (p.strip() for p in items.split(",")) if part]
+    networks: list[ipaddress.IPv4Network] = []
+    for item in items:
+        try:
+            net = ipaddress.ip_network(item, strict=True)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {item!r} is not a CIDR prefix ({exc})") from None
+        if not isinstance(net, ipaddress.IPv4Network):
+            raise ConfigError(f"{key}: {item!r}: only IPv4 prefixes are supported")
+        networks.append(net)
+    if not networks:
+        raise ConfigError(f"{key}: at least one subscriber prefix is required")
+    return tuple(networks)
+
+
+def _hostport_or_empty(value: str, key: str) -> None:
+    if value:
+        parse_hostport(value, key=key)
+
+
+def _positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    dir: str = "/var/cache/swarmcache"
+    # LMDB map size: address space only (the file is sparse), so generous is free.
+    index_map_bytes: int = 64 << 30
+    # Bodies larger than this are relayed, not stored.
+    max_object_bytes: int = 8 << 30
+    # Bodies up to this size are read into memory on a hit: one write beats sendfile's setup.
+    small_object_bytes: int = 64 << 10
+    fsync: bool = True
+
+    def validate(self) -> None:
+        if not self.dir:
+            raise ConfigError("cache.dir: must not be empty")
+        _positive(self.index_map_bytes, "cache.index_map_bytes")
+        _positive(self.max_object_bytes, "cache.max_object_bytes")
+        if self.small_object_bytes < 0:
+            raise ConfigError("cache.small_object_bytes: must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    # Explicit proxy listener; empty string disables it.
+    proxy_listen: str = "0.0.0.0:3128"
+    via_name: str = "swarmcache"
+    upstream_connect_timeout: float = 10.0
+    upstream_idle_timeout: float = 60.0
+    client_idle_timeout: float = 60.0
+    max_head_bytes: int = 65536
+    max_headers: int = 100
+    max_connections_per_client: int = 256
+    relay_buffer_bytes: int = 256 << 10
+
+    def validate(self) -> None:
+        _hostport_or_empty(self.proxy_listen, "http.proxy_listen")
+        if not self.via_name or any(c.isspace() for c in self.via_name):
+            raise ConfigError("http.via_name: must be a non-empty token without spaces")
+        for name in (
+            "upstream_connect_timeout",
+            "upstream_idle_timeout",
+            "client_idle_timeout",
+            "max_head_bytes",
+            "max_headers",
+            "max_connections_per_client",
+            "relay_buffer_bytes",
+        ):
+            _positive(getattr(self, name), f"http.{name}")
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptConfig:
+    enabled: bool = True
+    subscribers: tuple[str, ...] = ("10.0.0.0/8",)
+    ports: tuple[int, ...] = (80,)
+    # The TPROXY listener; bound on all addresses with IP_TRANSPARENT.
+    listen_port: int = 3129
+    queue_num: int = 7
+    route_table: int = 100
+    watchdog_timeout: float = 2.0
+
+    def validate(self) -> None:
+        parse_subscribers(list(self.subscribers), key="intercept.subscribers")
+        if not self.ports:
+            raise ConfigError("intercept.ports: at least one port is required")
+        for port in (*self.ports, self.listen_port):
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"intercept: port {port} is out of range 1-65535")
+        if not 0 <= self.queue_num <= 65535:
+            raise ConfigError("intercept.queue_num: must be 0-65535")
+        if not 1 <= self.route_table <= 252:
+            raise ConfigError("intercept.route_table: must be 1-252")
+        _positive(self.watchdog_timeout, "intercept.watchdog_timeout")
+
+    @property
+    def subscriber_networks(self) -> tuple[ipaddress.IPv4Network, ...]:
+        return parse_subscribers(list(self.subscribers), key="intercept.subscribers")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: str = "127.0.0.1:9480"
+    # Required when `listen` is not a loopback address.
+    token: str = ""
+
+    def validate(self) -> None:
+        if not self.listen:
+            return
+        host, _ = parse_hostport(self.listen, key="admin.listen")
+        if not ipaddress.ip_address(host).is_loopback and not self.token:
+            raise ConfigError(
+                f"admin.token: required because admin.listen {self.listen!r} is not loopback"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    # "-" is standard output; empty disables the access log.
+    access_log: str = "-"
+    level: str = "info"
+
+    def validate(self) -> None:
+        if self.level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(
+                f"log.level: expected debug|info|warning|error, got {self.level!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    intercept: InterceptConfig = field(default_factory=InterceptConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self) -> Config:
+        for section in (self.cache, self.http, self.intercept, self.admin, self.log):
+            section.validate()
+        return self
+
+    def override(self, **changes: Mapping[str, Any]) -> Config:
+        """Return a copy with ``section={key: value}`` changes applied and validated."""
+        updated = self
+        for section_name, values in changes.items():
+            section = getattr(updated, section_name)
+            typed = _coerce_section(type(section), dict(values), section_name)
+            updated = dataclasses.replace(
+                updated, **{section_name: dataclasses.replace(section, **typed)}
+            )
+        return updated.validate()
+
+
+def _coerce_value(expected: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(expected)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(expected)
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        return tuple(_coerce_value(item_type, item, f"{key}[{i}]") for i, item in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"{key}: unsupported type")
+    checks: dict[Any, Callable[[Any], bool]] = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }
+    if not checks[expected](value):
+        raise ConfigError(
+            f"{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return float(value) if expected is float else value
+
+
+def _coerce_section(cls: type[Any], table: dict[str, Any], name: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(
+                f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})"
+            )
+        out[key] = _coerce_value(hints[key], value, f"{name}.{key}")
+    return out
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and validate a TOML file; ``None`` gives the defaults."""
+    config = Config()
+    if path is None:
+        return config.validate()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for name, table in data.items():
+        if name not in sections:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted(sections))})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{name}: expected a table")
+    return config.override(**data)

@@ -1,0 +1,216 @@
+"""The composition root: the one place that builds the object graph and owns its lifetime.
+
+Order matters for failing open: listeners come up before the interception rules are
+installed (so no SYN is ever diverted to a port nobody listens on), and at stop the rules go
+first, then the listeners. The watchdog child removes the rules if this process dies or hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from cache.store import Store
+from swarmcache.config import Config, parse_hostport
+from swarmcache.http.accesslog import AccessLog
+from swarmcache.http.handler import CacheHandler
+from swarmcache.http.server import ConnectionLimits, ServerContext, connection_factory
+from swarmcache.metrics import Metrics
+
+__all__ = ["Daemon", "run"]
+
+log = logging.getLogger("swarmcache")
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.store = Store(config.cache.dir, map_size=config.cache.index_map_bytes)
+        self.metrics.watch_store(self._store_stats)
+        self.access_log = AccessLog(config.log.access_log)
+        self.handler = CacheHandler(
+            store=self.store, metrics=self.metrics, config=config, access_log=self.access_log
+        )
+        self.limits = ConnectionLimits(config.http.max_connections_per_client)
+        self._servers: list[asyncio.Server] = []
+        self._contexts: list[ServerContext] = []
+        self._admin: web.AppRunner | None = None
+        self._intercept: Any = None
+        self._synqueue: Any = None
+        self._watchdog: Any = None
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self.proxy_address: tuple[str, int] | None = None
+        self.transparent_port: int | None = None
+        self.admin_address: tuple[str, int] | None = None
+
+    def _store_stats(self) -> tuple[int, int]:
+        stats = self.store.stats()
+        return stats.objects, stats.bytes
+
+    def _context(self, listener: str, transparent: bool) -> ServerContext:
+        http = self.config.http
+        ctx = ServerContext(
+            handler=self.handler,
+            metrics=self.metrics,
+            subscribers=self.config.intercept.subscriber_networks,
+            limits=self.limits,
+            listener=listener,
+            transparent=transparent,
+            idle_timeout=http.client_idle_timeout,
+            max_head_bytes=http.max_head_bytes,
+            max_headers=http.max_headers,
+        )
+        self._contexts.append(ctx)
+        return ctx
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.config.http.proxy_listen:
+            host, port = parse_hostport(self.config.http.proxy_listen, key="http.proxy_listen")
+            server = await loop.create_server(
+                connection_factory(self._context("proxy", transparent=False)),
+                host,
+                port,
+                reuse_address=True,
+                backlog=4096,
+            )
+            self._servers.append(server)
+            self.proxy_address = server.sockets[0].getsockname()[:2]
+            log.info("explicit proxy listening on %s:%d", *self.proxy_address)
+        await self._start_admin()
+        if self.config.intercept.enabled:
+            await self._start_interception()
+
+    async def _start_interception(self) -> None:
+        from interceptor import rules
+        from interceptor.synqueue import SynQueue
+        from interceptor.tproxy import transparent_listener
+        from interceptor.watchdog import Watchdog
+
+        loop = asyncio.get_running_loop()
+        icfg = self.config.intercept
+        sock = transparent_listener("0.0.0.0", icfg.listen_port)
+        server = await loop.create_server(
+            connection_factory(self._context("transparent", transparent=True)), sock=sock
+        )
+        self._servers.append(server)
+        self.transparent_port = icfg.listen_port
+        spec = rules.InterceptSpec(
+            subscribers=icfg.subscriber_networks,
+            ports=icfg.ports,
+            listen_port=icfg.listen_port,
+            queue_num=icfg.queue_num,
+            route_table=icfg.route_table,
+        )
+        self._synqueue = SynQueue(icfg.queue_num)
+        self._synqueue.start(loop)
+        rules.install(spec)
+        self._intercept = spec
+        self._watchdog = Watchdog.start(spec, timeout=icfg.watchdog_timeout)
+        self._beat()
+        log.info(
+            "intercepting TCP ports %s from %s via TPROXY to :%d",
+            ",".join(map(str, icfg.ports)),
+            ",".join(icfg.subscribers),
+            icfg.listen_port,
+        )
+
+    def _beat(self) -> None:
+        if self._watchdog is None:
+            return
+        self._watchdog.heartbeat()
+        self._heartbeat = asyncio.get_running_loop().call_later(0.5, self._beat)
+
+    async def _start_admin(self) -> None:
+        if not self.config.admin.listen:
+            return
+        host, port = parse_hostport(self.config.admin.listen, key="admin.listen")
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/metrics", self._metrics_view)
+        app.router.add_get("/healthz", self._health_view)
+        app.router.add_get("/api/stats", self._stats_view)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        self._admin = runner
+        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
+        if isinstance(server, asyncio.Server) and server.sockets:
+            self.admin_address = server.sockets[0].getsockname()[:2]
+        log.info("admin API listening on %s", self.config.admin.listen)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        token = self.config.admin.token
+        if token and request.path != "/healthz":
+            given = request.headers.get("Authorization", "")
+            if given != f"Bearer {token}":
+                return web.Response(status=401, text="admin token required\n")
+        result: web.StreamResponse = await handler(request)
+        return result
+
+    async def _metrics_view(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render(), content_type="text/plain", charset="utf-8"
+        )
+
+    async def _health_view(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _stats_view(self, request: web.Request) -> web.Response:
+        stats = self.store.stats()
+        return web.json_response(
+            {
+                "objects": stats.objects,
+                "bytes": stats.bytes,
+                "open_connections": sum(len(c.connections) for c in self._contexts),
+                "fetches_in_flight": len(self.handler.coalescer),
+            }
+        )
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self._intercept is not None:
+            from interceptor import rules
+
+            rules.remove(self._intercept)
+            self._intercept = None
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        if self._synqueue is not None:
+            self._synqueue.close()
+            self._synqueue = None
+        for server in self._servers:
+            server.close()
+        for ctx in self._contexts:
+            for conn in list(ctx.connections):
+                conn.abort()
+        self.handler.close()
+        for server in self._servers:
+            await server.wait_closed()
+        if self._admin is not None:
+            await self._admin.cleanup()
+        self.access_log.close()
+        self.store.close()
+
+
+async def run(config: Config) -> None:
+    """Run until SIGTERM or SIGINT."""
+    daemon = Daemon(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.start()
+        log.info("swarmcache ready")
+        await stop.wait()
+    finally:
+        await daemon.stop()

@@ -1,0 +1,874 @@
+"""The cache's request flow: look up, serve hits, fetch misses once, pass the rest through.
+
+Why it is built this way: every decision comes from :mod:`cache.policy` (RFC 9111, pure) and
+every byte of a stored body from :mod:`cache.store`; this module only sequences them and moves
+bytes. Three paths:
+
+- **fresh hit, small body, no request body**: answered synchronously inside ``data_received``
+  (no task, one ``write``), from an in-memory copy of verified small bodies;
+- **hit, large body**: head, then ``os.sendfile`` from the blob;
+- **miss**: one upstream fetch per key (:class:`cache.fill.Coalescer`); a storable response is
+  written to a blob while every waiting client streams it from the file at its own pace; an
+  unstorable one is relayed to its own client only, and waiters fetch for themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field, replace
+
+from cache import policy
+from cache.fill import Coalescer, Fill, FillAborted, FillHead, PendingFetch
+from cache.store import BlobWriter, CorruptBlob, ObjectMeta, Store
+from swarmcache.config import Config
+from swarmcache.http.accesslog import AccessLog
+from swarmcache.http.parser import (
+    LAST_CHUNK,
+    Data,
+    EndOfMessage,
+    Header,
+    RemoteProtocolError,
+    Request,
+    Response,
+    chunk,
+    serialize_response_head,
+)
+from swarmcache.http.responses import (
+    CacheStatus,
+    HitPlan,
+    annotate,
+    multipart_parts,
+    not_modified_headers,
+    plan_hit,
+)
+from swarmcache.http.server import ClientConnection
+from swarmcache.http.target import Target, blocked_destination, resolve_target, variant_key
+from swarmcache.http.tunnel import relay_both_ways
+from swarmcache.http.upstream import UpstreamConnection, UpstreamError
+from swarmcache.metrics import Metrics
+
+__all__ = ["CacheHandler"]
+
+log = logging.getLogger("swarmcache.http")
+
+# Request fields never forwarded: we fetch whole objects to fill the cache and answer
+# conditionals and ranges ourselves.
+_FILL_DROPPED = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-since",
+                           b"if-match", b"if-unmodified-since"})
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """Bookkeeping of one request for the access log and metrics."""
+
+    request: Request
+    target: Target
+    started: float = field(default_factory=time.monotonic)
+    result: str = "miss"
+    status: int = 0
+    upstream: int = 0
+    sent_before: int = 0
+
+
+class _SmallBodies:
+    """Verified small bodies kept in memory (LRU by bytes), keyed by blob digest."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._items: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+
+    def get(self, digest: str) -> bytes | None:
+        body = self._items.get(digest)
+        if body is not None:
+            self._items.move_to_end(digest)
+        return body
+
+    def put(self, digest: str, body: bytes) -> None:
+        if len(body) > self.budget or digest in self._items:
+            return
+        self._items[digest] = body
+        self.used += len(body)
+        while self.used > self.budget:
+            _, old = self._items.popitem(last=False)
+            self.used -= len(old)
+
+    def drop(self, digest: str) -> None:
+        body = self._items.pop(digest, None)
+        if body is not None:
+            self.used -= len(body)
+
+
+class CacheHandler:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        metrics: Metrics,
+        config: Config,
+        access_log: AccessLog,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.config = config
+        self.access_log = access_log
+        self.coalescer = Coalescer()
+        self.status = CacheStatus(config.http.via_name)
+        self.via = config.http.via_name.encode()
+        self.small = _SmallBodies(64 << 20)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._hit_requests = metrics.requests.labels("hit")
+        self._hit_bytes = metrics.served_bytes.labels("hit")
+
+    # --- entry point ------------------------------------------------------------------
+    def handle(self, conn: ClientConnection, request: Request) -> Awaitable[bool] | bool:
+        if request.method == b"CONNECT":
+            return self._connect(conn, request)
+        target = resolve_target(request, transparent=conn.ctx.transparent, local=conn.local_addr)
+        exchange = _Exchange(request, target, sent_before=conn.sent_bytes)
+        action = policy.classify_request(request.method, request.headers)
+        if action is policy.RequestAction.LOOKUP and request.get(b"upgrade") is None:
+            served = self._fast_hit(conn, exchange)
+            if served is not None:
+                return served
+            return self._lookup(conn, exchange)
+        exchange.result = "pass"
+        return self._forward(conn, exchange, invalidate=action is policy.RequestAction.INVALIDATE)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    # --- bookkeeping ------------------------------------------------------------------
+    def _finish(self, conn: ClientConnection, ex: _Exchange) -> None:
+        sent = conn.sent_bytes - ex.sent_before
+        self.metrics.requests.labels(ex.result).inc()
+        self.metrics.served_bytes.labels(ex.result).inc(sent)
+        self.access_log.record(
+            client=conn.client_ip,
+            method=ex.request.method,
+            url=ex.target.url,
+            status=ex.status,
+            sent=sent,
+            result=ex.result,
+            upstream=ex.upstream,
+            started=ex.started,
+        )
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _error(self, conn: ClientConnection, ex: _Exchange, status: int, message: str) -> bool:
+        ex.status = status
+        ex.result = "error"
+        conn.send_error(status, message)
+        self._finish(conn, ex)
+        return False
+
+    # --- lookups ----------------------------------------------------------------------
+    def _find(self, ex: _Exchange) -> tuple[bytes, ObjectMeta] | None:
+        meta = self.store.get(ex.target.key)
+        if meta is None:
+            return None
+        if not meta.vary:
+            return ex.target.key, meta
+        key = variant_key(ex.target.key, policy.vary_key(meta.vary, ex.request.headers))
+        variant = self.store.get(key)
+        return None if variant is None else (key, variant)
+
+    def _fast_hit(self, conn: ClientConnection, ex: _Exchange) -> bool | None:
+        """Serve a fresh, verified, small hit synchronously; None if this needs the slow path."""
+        request = ex.request
+        if conn.ctx.transparent is False and blocked_destination_name(ex.target.host):
+            return None
+        found = self._find(ex)
+        if found is None:
+            return None
+        key, meta = found
+        body = self.small.get(meta.blob.digest)
+        if body is None:
+            return None
+        now = time.time()
+        directives = policy.request_directives(request.headers)
+        freshness = policy.evaluate_freshness(
+            meta.status,
+            meta.headers,
+            directives,
+            request_time=meta.request_time,
+            response_time=meta.response_time,
+            now=now,
+        )
+        if freshness is not policy.Freshness.FRESH:
+            return None
+        plan = plan_hit(request, meta.status, meta.headers, meta.blob.size)
+        keep_alive = request.keep_alive
+        head = self._hit_head(request, meta, plan, now, self.status.hit, keep_alive)
+        if plan.multipart_boundary:
+            return None
+        if request.method == b"HEAD" or not plan.ranges:
+            conn.write(head)
+        else:
+            start, end = plan.ranges[0]
+            conn.write(head + body[start : end + 1])
+        self.store.touch(key, now)
+        ex.result = "hit"
+        ex.status = plan.status
+        self.metrics.saved_bytes.inc(sum(e - s + 1 for s, e in plan.ranges))
+        self._finish(conn, ex)
+        return keep_alive
+
+    def _hit_head(
+        self,
+        request: Request,
+        meta: ObjectMeta,
+        plan: HitPlan,
+        now: float,
+        cache_status: bytes,
+        keep_alive: bool,
+    ) -> bytes:
+        age = policy.age_header_value(
+            policy.current_age(
+                meta.headers,
+                request_time=meta.request_time,
+                response_time=meta.response_time,
+                now=now,
+            )
+        )
+        if plan.status == 304:
+            base: list[Header] = not_modified_headers(meta.headers)
+        elif plan.status in (412, 416) or plan.multipart_boundary:
+            base = [(n, v) for n, v in meta.headers if n != b"content-type"]
+            base = [] if plan.status == 412 else base
+        else:
+            base = list(meta.headers)
+        fields = annotate(
+            [(n, v) for n, v in base if n != b"content-range"],
+            via=self.via,
+            version=request.version,
+            cache_status=cache_status,
+            hit=True,
+            age=age,
+            keep_alive=keep_alive,
+            extra=plan.fields,
+        )
+        status = plan.status
+        reason = meta.reason if status == meta.status else _reason(status)
+        return serialize_response_head(status, reason, fields)
+
+    async def _lookup(self, conn: ClientConnection, ex: _Exchange) -> bool:
+        request = ex.request
+        directives = policy.request_directives(request.headers)
+        found = self._find(ex)
+        stale: tuple[bytes, ObjectMeta] | None = None
+        if found is not None:
+            key, meta = found
+            now = time.time()
+            freshness = policy.evaluate_freshness(
+                meta.status,
+                meta.headers,
+                directives,
+                request_time=meta.request_time,
+                response_time=meta.response_time,
+                now=now,
+            )
+            if freshness is policy.Freshness.FRESH:
+                served = await self._serve_stored(conn, ex, key, meta, self.status.hit, "hit")
+                if served is not None:
+                    return served
+            else:
+                stale = (key, meta)
+        if directives.only_if_cached and stale is None:
+            return self._error(conn, ex, 504, "not in cache (only-if-cached)")
+        if request.method == b"GET" and stale is None and _shareable_request(request):
+            pending = self.coalescer.join(ex.target.key)
+            if pending is not None:
+                self.metrics.coalesced.inc()
+                fill = await pending.wait()
+                if fill is not None and fill.head.vary_key == policy.vary_key(
+                    fill.head.vary, request.headers
+                ):
+                    fd = fill.open_reader()
+                    if fd >= 0:
+                        ex.result = "hit"
+                        return await self._stream_fill(
+                            conn, ex, fill, fd, self.status.coalesced, coalesced=True
+                        )
+                    again = self._find(ex)
+                    if again is not None:
+                        served = await self._serve_stored(
+                            conn, ex, again[0], again[1], self.status.hit, "hit"
+                        )
+                        if served is not None:
+                            return served
+        return await self._fetch(conn, ex, stale)
+
+    async def _serve_stored(
+        self,
+        conn: ClientConnection,
+        ex: _Exchange,
+        key: bytes,
+        meta: ObjectMeta,
+        cache_status: bytes,
+        result: str,
+    ) -> bool | None:
+        """Serve a stored object; None if its blob turned out corrupt (then it is dropped)."""
+        loop = asyncio.get_running_loop()
+        try:
+            fd = self.store.open_blob(meta.blob)
+        except CorruptBlob as exc:
+            self._drop_corrupt(meta, str(exc))
+            return None
+        try:
+            if not self.store.is_verified(meta.blob):
+                ok = await loop.run_in_executor(None, self.store.verify_blob, meta.blob)
+                if not ok:
+                    self._drop_corrupt(meta, "content hash mismatch")
+                    return None
+            request = ex.request
+            now = time.time()
+            plan = plan_hit(request, meta.status, meta.headers, meta.blob.size)
+            keep_alive = request.keep_alive
+            head = self._hit_head(request, meta, plan, now, cache_status, keep_alive)
+            ex.result = result
+            ex.status = plan.status
+            size = meta.blob.size
+            if size <= self.config.cache.small_object_bytes:
+                body = os.pread(fd, size, 0)
+                if len(body) != size:
+                    self._drop_corrupt(meta, "short read")
+                    return None
+                self.small.put(meta.blob.digest, body)
+            self.store.touch(key, now)
+            conn.write(head)
+            if request.method != b"HEAD" and plan.ranges:
+                await self._send_ranges(conn, fd, meta, plan)
+            self.metrics.saved_bytes.inc(sum(e - s + 1 for s, e in plan.ranges))
+            self._finish(conn, ex)
+            return keep_alive
+        finally:
+            os.close(fd)
+
+    async def _send_ranges(
+        self, conn: ClientConnection, fd: int, meta: ObjectMeta, plan: HitPlan
+    ) -> None:
+        with open(fd, "rb", buffering=0, closefd=False) as file:
+            if not plan.multipart_boundary:
+                start, end = plan.ranges[0]
+                await self._send_file(conn, file, start, end - start + 1)
+                return
+            content_type = next((v for n, v in meta.headers if n == b"content-type"), None)
+            parts = multipart_parts(
+                plan.multipart_boundary, content_type, plan.ranges, meta.blob.size
+            )
+            for part, (start, end) in zip(parts, plan.ranges, strict=False):
+                conn.write(part)
+                await self._send_file(conn, file, start, end - start + 1)
+            conn.write(parts[-1])
+
+    async def _send_file(self, conn: ClientConnection, file: object, offset: int, count: int) -> None:
+        if count <= self.config.cache.small_object_bytes:
+            assert hasattr(file, "fileno")
+            conn.write(os.pread(file.fileno(), count, offset))
+            await conn.drain()
+            return
+        await conn.sendfile(file, offset, count)  # type: ignore[arg-type]
+
+    def _drop_corrupt(self, meta: ObjectMeta, why: str) -> None:
+        log.error("dropping corrupt blob %s of %r: %s", meta.blob.digest, meta.url, why)
+        self.metrics.corrupt_blobs.inc()
+        self.small.drop(meta.blob.digest)
+        self.store.drop_blob(meta.blob)
+
+    # --- misses -----------------------------------------------------------------------
+    async def _open_upstream(self, target: Target) -> UpstreamConnection:
+        host = target.host
+        http = self.config.http
+        if not _is_address(host):
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await loop.getaddrinfo(host, target.port, family=socket.AF_INET,
+                                               type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise UpstreamError(f"cannot resolve {host}: {exc}") from exc
+            host = str(infos[0][4][0])
+        why = blocked_destination(host)
+        if why is not None:
+            raise PermissionError(why)
+        return await UpstreamConnection.open(
+            host,
+            target.port,
+            connect_timeout=http.upstream_connect_timeout,
+            idle_timeout=http.upstream_idle_timeout,
+            max_head_bytes=http.max_head_bytes,
+            max_headers=http.max_headers,
+        )
+
+    def _upstream_fields(self, request: Request, target: Target, drop: frozenset[bytes]) -> list[Header]:
+        fields = [
+            (n, v) for n, v in policy.strip_hop_by_hop(request.headers) if n not in drop
+        ]
+        if not any(n == b"host" for n, _ in fields):
+            fields.insert(0, (b"host", target.host_header))
+        previous = [v for n, v in fields if n == b"via"]
+        fields = [(n, v) for n, v in fields if n != b"via"]
+        fields.append((b"via", b", ".join([*previous, b"1.1 " + self.via])))
+        fields.append((b"connection", b"close"))
+        return fields
+
+    async def _fetch(
+        self, conn: ClientConnection, ex: _Exchange, stale: tuple[bytes, ObjectMeta] | None
+    ) -> bool:
+        request = ex.request
+        shareable = request.method == b"GET" and _shareable_request(request)
+        pending = self.coalescer.start(ex.target.key) if shareable and stale is None else None
+        try:
+            return await self._fetch_inner(conn, ex, stale, pending)
+        finally:
+            if pending is not None:
+                self.coalescer.end(ex.target.key, pending)
+
+    async def _fetch_inner(
+        self,
+        conn: ClientConnection,
+        ex: _Exchange,
+        stale: tuple[bytes, ObjectMeta] | None,
+        pending: PendingFetch | None,
+    ) -> bool:
+        request = ex.request
+        try:
+            upstream = await self._open_upstream(ex.target)
+        except PermissionError as exc:
+            return self._error(conn, ex, 403, str(exc))
+        except UpstreamError as exc:
+            if stale is not None and self._may_serve_stale(stale[1], request):
+                served = await self._serve_stored(
+                    conn, ex, stale[0], stale[1], self.status.stale, "hit"
+                )
+                if served is not None:
+                    return served
+            return self._error(conn, ex, 502, str(exc))
+        fill_handed_off = False
+        try:
+            fields = self._upstream_fields(request, ex.target, _FILL_DROPPED)
+            if stale is not None:
+                fields.extend(policy.validation_headers(stale[1].headers))
+            request_time = time.time()
+            await upstream.send_head(request.method, ex.target.path, fields)
+            response = await self._final_response(upstream)
+            response_time = time.time()
+            if stale is not None and response.status == 304:
+                ex.upstream = upstream.received_bytes
+                return await self._revalidated(conn, ex, stale, response, request_time,
+                                               response_time)
+            decision = policy.storable(request.method, response.status, request.headers,
+                                       response.headers)
+            length = _content_length(response)
+            if decision.store and length is not None and length > self.config.cache.max_object_bytes:
+                decision = policy.StoreDecision(False, "larger than cache.max_object_bytes")
+            if not decision.store:
+                if pending is not None:
+                    pending.publish(None)
+                if stale is not None:
+                    self._delete_object(ex.target.key)
+                ex.result = "miss"
+                return await self._relay(conn, ex, upstream, response, self.status.miss_not_stored)
+            head = self._fill_head(request, response, length, request_time, response_time)
+            writer = self.store.begin_blob()
+            fill = Fill(head, writer.path)
+            fd = fill.open_reader()
+            if pending is not None:
+                pending.publish(fill)
+            fill_handed_off = True
+            self._spawn(
+                self._pump(upstream, writer, fill, ex.target, request, ex),
+                name=f"fill {ex.target.url[:80]!r}",
+            )
+            ex.result = "miss"
+            return await self._stream_fill(conn, ex, fill, fd, self.status.miss)
+        except UpstreamError as exc:
+            return self._error(conn, ex, 502, str(exc))
+        finally:
+            if not fill_handed_off:
+                ex.upstream = upstream.received_bytes
+                self.metrics.upstream_bytes.inc(upstream.received_bytes)
+                upstream.close()
+
+    async def _final_response(self, upstream: UpstreamConnection) -> Response:
+        while True:
+            event = await upstream.next_event()
+            if isinstance(event, Response) and event.status >= 200 or (
+                isinstance(event, Response) and event.status == 101
+            ):
+                return event
+            if not isinstance(event, Response):
+                raise UpstreamError("origin sent a body before its response head")
+
+    def _fill_head(
+        self,
+        request: Request,
+        response: Response,
+        length: int | None,
+        request_time: float,
+        response_time: float,
+    ) -> FillHead:
+        stored = [
+            (n, v)
+            for n, v in policy.strip_hop_by_hop(response.headers)
+            if n not in (b"content-length", b"age") or n == b"age"
+        ]
+        if not any(n == b"date" for n, _ in stored):
+            stored.append((b"date", policy.format_http_date(response_time)))
+        names = policy.vary_names(response.headers) or ()
+        return FillHead(
+            status=response.status,
+            reason=response.reason,
+            headers=tuple((n, v) for n, v in stored if n != b"content-length"),
+            length=length,
+            request_time=request_time,
+            response_time=response_time,
+            vary=names,
+            vary_key=policy.vary_key(names, request.headers),
+        )
+
+    async def _pump(
+        self,
+        upstream: UpstreamConnection,
+        writer: BlobWriter,
+        fill: Fill,
+        target: Target,
+        request: Request,
+        ex: _Exchange,
+    ) -> None:
+        """Copy the upstream body into the blob, then index it: the only writer of a fill."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                event = await upstream.next_event()
+                if isinstance(event, Data):
+                    writer.write(event.data)
+                    fill.grow(writer.size)
+                elif isinstance(event, EndOfMessage):
+                    break
+            if fill.head.length is not None and writer.size != fill.head.length:
+                raise UpstreamError("origin body shorter than its Content-Length")
+            ref = await loop.run_in_executor(
+                None, lambda: writer.commit(fsync=self.config.cache.fsync)
+            )
+            head = fill.head
+            meta = ObjectMeta(
+                url=target.url,
+                status=head.status,
+                reason=head.reason,
+                headers=head.headers,
+                request_time=head.request_time,
+                response_time=head.response_time,
+                blob=ref,
+                vary=head.vary,
+                stored_at=time.time(),
+            )
+            self.store.put(target.key, meta)
+            if head.vary:
+                self.store.put(variant_key(target.key, head.vary_key), meta)
+            self.store.mark_verified(ref)
+            fill.finish()
+        except (UpstreamError, OSError) as exc:
+            log.warning("fill of %r failed: %s", target.url, exc)
+            writer.abort()
+            fill.abort(exc)
+        except asyncio.CancelledError:
+            writer.abort()
+            fill.abort(ConnectionAbortedError("shutting down"))
+            raise
+        finally:
+            self.metrics.upstream_bytes.inc(upstream.received_bytes)
+            ex.upstream = upstream.received_bytes
+            upstream.close()
+
+    async def _stream_fill(
+        self,
+        conn: ClientConnection,
+        ex: _Exchange,
+        fill: Fill,
+        fd: int,
+        cache_status: bytes,
+        *,
+        coalesced: bool = False,
+    ) -> bool:
+        """Send a growing body to one client, from its own offset, at its own pace."""
+        request = ex.request
+        head = fill.head
+        chunked = head.length is None and request.version == b"1.1"
+        keep_alive = request.keep_alive and (head.length is not None or chunked)
+        extra: list[Header] = []
+        if head.length is not None:
+            extra.append((b"content-length", str(head.length).encode()))
+        elif chunked and request.method != b"HEAD":
+            extra.append((b"transfer-encoding", b"chunked"))
+        age = policy.age_header_value(
+            policy.current_age(head.headers, request_time=head.request_time,
+                               response_time=head.response_time, now=time.time())
+        )
+        fields = annotate(
+            head.headers,
+            via=self.via,
+            version=request.version,
+            cache_status=cache_status,
+            hit=coalesced,
+            age=age,
+            keep_alive=keep_alive,
+            extra=extra,
+        )
+        ex.status = head.status
+        with open(fd, "rb", buffering=0) as file:
+            conn.write(serialize_response_head(head.status, head.reason, fields))
+            if request.method == b"HEAD":
+                self._finish(conn, ex)
+                return keep_alive
+            offset = 0
+            try:
+                while True:
+                    size = await fill.wait_past(offset)
+                    if size > offset:
+                        if chunked:
+                            conn.write(b"%x\r\n" % (size - offset))
+                        await conn.sendfile(file, offset, size - offset)
+                        if chunked:
+                            conn.write(b"\r\n")
+                        offset = size
+                    elif fill.done:
+                        break
+            except FillAborted:
+                conn.abort()
+                self._finish(conn, ex)
+                return False
+            if chunked:
+                conn.write(LAST_CHUNK)
+        if coalesced:
+            self.metrics.saved_bytes.inc(offset)
+        self._finish(conn, ex)
+        return keep_alive
+
+    async def _revalidated(
+        self,
+        conn: ClientConnection,
+        ex: _Exchange,
+        stale: tuple[bytes, ObjectMeta],
+        response: Response,
+        request_time: float,
+        response_time: float,
+    ) -> bool:
+        key, meta = stale
+        merged = policy.merge_not_modified(meta.headers, response.headers)
+        updated = replace(
+            meta,
+            headers=tuple(merged),
+            request_time=request_time,
+            response_time=response_time,
+        )
+        self.store.update(key, updated)
+        if key != ex.target.key:
+            primary = self.store.get(ex.target.key)
+            if primary is not None and primary.blob == meta.blob:
+                self.store.update(ex.target.key, updated)
+        served = await self._serve_stored(
+            conn, ex, key, updated, self.status.revalidated, "revalidated"
+        )
+        if served is None:
+            return self._error(conn, ex, 502, "stored object was corrupt")
+        return served
+
+    def _may_serve_stale(self, meta: ObjectMeta, request: Request) -> bool:
+        freshness = policy.evaluate_freshness(
+            meta.status,
+            meta.headers,
+            policy.request_directives(request.headers),
+            request_time=meta.request_time,
+            response_time=meta.response_time,
+            now=time.time(),
+        )
+        return freshness is policy.Freshness.STALE
+
+    def _delete_object(self, key: bytes) -> None:
+        meta = self.store.get(key)
+        if meta is not None:
+            self.small.drop(meta.blob.digest)
+        self.store.delete(key)
+        self.store.delete_prefix(key + b"\x00")
+
+    # --- pass-through -----------------------------------------------------------------
+    async def _forward(self, conn: ClientConnection, ex: _Exchange, *, invalidate: bool) -> bool:
+        request = ex.request
+        try:
+            upstream = await self._open_upstream(ex.target)
+        except PermissionError as exc:
+            return self._error(conn, ex, 403, str(exc))
+        except UpstreamError as exc:
+            return self._error(conn, ex, 502, str(exc))
+        try:
+            upgrade = request.get(b"upgrade")
+            fields = self._upstream_fields(request, ex.target, frozenset())
+            if upgrade is not None:
+                fields = [(n, v) for n, v in fields if n != b"connection"]
+                fields += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
+            await upstream.send_head(request.method, ex.target.path, fields)
+            if request.get(b"content-length") or request.get(b"transfer-encoding"):
+                chunked = request.get(b"transfer-encoding") is not None
+                while True:
+                    event = await conn.next_body_event()
+                    if isinstance(event, EndOfMessage):
+                        if chunked:
+                            await upstream.send_body(LAST_CHUNK)
+                        break
+                    await upstream.send_body(chunk(event.data) if chunked else event.data)
+            response = await self._final_response(upstream)
+            if response.status == 101 and upgrade is not None:
+                return await self._upgraded(conn, ex, upstream, response)
+            if invalidate and response.status < 400:
+                for url in policy.invalidation_targets(
+                    request.method, response.status, response.headers, ex.target.url
+                ):
+                    self._delete_object(_key_for(ex.target, url))
+            return await self._relay(conn, ex, upstream, response, self.status.bypass)
+        except UpstreamError as exc:
+            return self._error(conn, ex, 502, str(exc))
+        finally:
+            ex.upstream = upstream.received_bytes
+            self.metrics.upstream_bytes.inc(upstream.received_bytes)
+            upstream.close()
+
+    async def _relay(
+        self,
+        conn: ClientConnection,
+        ex: _Exchange,
+        upstream: UpstreamConnection,
+        response: Response,
+        cache_status: bytes,
+    ) -> bool:
+        """Send an upstream response to this client only, without storing it."""
+        request = ex.request
+        length = _content_length(response)
+        has_body = request.method != b"HEAD" and response.status not in (204, 304) and (
+            response.status >= 200
+        )
+        chunked = has_body and length is None and request.version == b"1.1"
+        keep_alive = request.keep_alive and (not has_body or length is not None or chunked)
+        extra: list[Header] = []
+        if length is not None:
+            extra.append((b"content-length", str(length).encode()))
+        elif chunked:
+            extra.append((b"transfer-encoding", b"chunked"))
+        fields = annotate(
+            policy.strip_hop_by_hop(response.headers),
+            via=self.via,
+            version=request.version,
+            cache_status=cache_status,
+            hit=False,
+            age=None,
+            keep_alive=keep_alive,
+            extra=extra,
+        )
+        ex.status = response.status
+        conn.write(serialize_response_head(response.status, response.reason, fields))
+        while True:
+            event = await upstream.next_event()
+            if isinstance(event, EndOfMessage):
+                break
+            if isinstance(event, Data) and has_body:
+                conn.write(chunk(event.data) if chunked else event.data)
+                if conn.write_paused:
+                    await conn.drain()
+        if chunked:
+            conn.write(LAST_CHUNK)
+        await conn.drain()
+        self._finish(conn, ex)
+        return keep_alive
+
+    async def _upgraded(
+        self,
+        conn: ClientConnection,
+        ex: _Exchange,
+        upstream: UpstreamConnection,
+        response: Response,
+    ) -> bool:
+        fields = [(n, v) for n, v in response.headers]
+        conn.write(serialize_response_head(101, response.reason, fields))
+        ex.status = 101
+        ex.result = "pass"
+        moved = await relay_both_ways(
+            conn, upstream, conn.enter_raw_mode(), upstream.take_buffered()
+        )
+        self.metrics.tunnel_bytes.inc(moved)
+        self._finish(conn, ex)
+        return False
+
+    async def _connect(self, conn: ClientConnection, request: Request) -> bool:
+        host, port = _connect_authority(request)
+        target = Target(b"connect://" + request.target, b"", host, port, b"", b"")
+        ex = _Exchange(request, target, sent_before=conn.sent_bytes, result="pass")
+        if conn.ctx.transparent:
+            return self._error(conn, ex, 405, "CONNECT is only accepted by the explicit proxy")
+        try:
+            upstream = await self._open_upstream(target)
+        except PermissionError as exc:
+            return self._error(conn, ex, 403, str(exc))
+        except UpstreamError as exc:
+            return self._error(conn, ex, 502, str(exc))
+        conn.write(b"HTTP/1.1 200 Connection Established\r\nvia: 1.1 " + self.via + b"\r\n\r\n")
+        ex.status = 200
+        moved = await relay_both_ways(conn, upstream, conn.enter_raw_mode(), b"")
+        self.metrics.tunnel_bytes.inc(moved)
+        self._finish(conn, ex)
+        return False
+
+
+def _connect_authority(request: Request) -> tuple[str, int]:
+    from swarmcache.http.target import split_authority
+
+    host, port = split_authority(request.target, 0)
+    if port == 0:
+        raise RemoteProtocolError("CONNECT needs host:port")
+    return host, port
+
+
+def _shareable_request(request: Request) -> bool:
+    """Requests whose response may be shared with other clients while it is fetched."""
+    return request.get(b"authorization") is None and request.get(b"cookie") is None
+
+
+def _content_length(response: Response) -> int | None:
+    value = response.get(b"content-length")
+    return int(value) if value is not None else None
+
+
+def _is_address(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def blocked_destination_name(host: str) -> bool:
+    return _is_address(host) and blocked_destination(host) is not None
+
+
+def _key_for(target: Target, url: bytes) -> bytes:
+    suffix = target.key[len(target.url) :]
+    return url + suffix
+
+
+def _reason(status: int) -> bytes:
+    from swarmcache.http.parser import reason_phrase
+
+    return reason_phrase(status)

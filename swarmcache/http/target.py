@@ -1,0 +1,110 @@
+"""Where a request goes and under which cache key it is stored.
+
+Why it is built this way (brief §3a, Squid CVE-2009-0801): in transparent mode the Host header
+is whatever the subscriber's page wrote, so the key includes the address the client actually
+connected to. ``GET /x`` sent to an attacker's IP with ``Host: victim.example`` is then stored
+under the attacker's address and can never be served to someone who connects to the real
+victim. The explicit proxy resolves the host itself, so its key is the URL alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from swarmcache.http.parser import RemoteProtocolError, Request
+
+__all__ = ["Target", "blocked_destination", "resolve_target", "split_authority", "variant_key"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    url: bytes  # absolute http URL, host lowercased, default port dropped
+    key: bytes  # the store key of the primary object
+    host: str  # where to connect (an address in transparent mode; maybe a name if explicit)
+    port: int
+    path: bytes  # origin-form request target sent upstream
+    host_header: bytes
+
+
+def split_authority(authority: bytes, default_port: int) -> tuple[str, int]:
+    """``host[:port]`` (``[v6]:port`` too) → (host, port); RemoteProtocolError if malformed."""
+    text = authority.decode("ascii", "replace").strip().lower()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise RemoteProtocolError(f"malformed host {text!r}")
+        host, rest = text[1:end], text[end + 1 :]
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise RemoteProtocolError(f"malformed host {text!r}")
+    else:
+        host, _, port_text = text.partition(":")
+    if not host or any(c in host for c in " /\\@?#"):
+        raise RemoteProtocolError(f"malformed host {text!r}")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise RemoteProtocolError(f"malformed port in host {text!r}")
+    return host, int(port_text)
+
+
+def _authority(host: str, port: int) -> bytes:
+    shown = f"[{host}]" if ":" in host else host
+    return (shown if port == 80 else f"{shown}:{port}").encode()
+
+
+def resolve_target(request: Request, *, transparent: bool, local: tuple[str, int]) -> Target:
+    """Work out the origin and key of ``request``; RemoteProtocolError(400) if impossible."""
+    raw = request.target
+    if raw.startswith(b"/"):
+        path = raw
+        if transparent:
+            host_field = request.get(b"host")
+            if host_field is None:
+                raise RemoteProtocolError("Host header required")
+            host, port = split_authority(host_field, local[1])
+        else:
+            raise RemoteProtocolError("the explicit proxy needs an absolute http:// URL")
+    elif raw[:7].lower() == b"http://":
+        rest = raw[7:]
+        slash = rest.find(b"/")
+        authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        host, port = split_authority(authority, 80)
+    elif raw[:8].lower() == b"https://":
+        raise RemoteProtocolError("https URLs need CONNECT", status_hint=501)
+    elif raw == b"*":
+        host_field = request.get(b"host") or b""
+        host, port = split_authority(host_field or local[0].encode(), local[1])
+        path = b"*"
+    else:
+        raise RemoteProtocolError(f"unsupported request target {raw[:80]!r}")
+    if b"#" in path:
+        path = path[: path.find(b"#")]
+    authority = _authority(host, port)
+    url = b"http://" + authority + path
+    if transparent:
+        dst_ip, dst_port = local
+        key = url + b" @" + f"{dst_ip}:{dst_port}".encode()
+        return Target(url, key, dst_ip, dst_port, path, request.get(b"host") or authority)
+    return Target(url, url, host, port, path, authority)
+
+
+def variant_key(primary: bytes, vary_key: bytes) -> bytes:
+    """Store key of one Vary variant; NUL cannot occur in a URL, so no key collides."""
+    return primary + b"\x00" + vary_key
+
+
+def blocked_destination(address: str) -> str | None:
+    """Why the explicit proxy must not connect to ``address`` (None if it may).
+
+    Without this a subscriber could reach the box's own loopback services (the admin API)
+    through the proxy.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"{address!r} is not an address"
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_link_local:
+        return f"destination {address} is not allowed"
+    return None
