@@ -69,6 +69,7 @@ class OriginHandler(SimpleHTTPRequestHandler):
     def handle_one_request(self) -> None:
         self._sent = 0
         self._status: int | str = "-"
+        self.command = ""  # a keep-alive connection's final EOF must not log the last request
         super().handle_one_request()
         if self.log_path is None or not getattr(self, "command", None):
             return
@@ -84,7 +85,7 @@ class OriginHandler(SimpleHTTPRequestHandler):
         with self.log_lock, open(self.log_path, "a") as fh:
             fh.write(line + "\n")
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

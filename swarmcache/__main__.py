@@ -1,3 +1,5 @@
-from swarmcache.cli import main
 import sys
+
+from swarmcache.cli import main
+
 sys.exit(main())

@@ -186,9 +186,7 @@ class LogConfig:
 
     def validate(self) -> None:
         if self.level not in ("debug", "info", "warning", "error"):
-            raise ConfigError(
-                f"log.level: expected debug|info|warning|error, got {self.level!r}"
-            )
+            raise ConfigError(f"log.level: expected debug|info|warning|error, got {self.level!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,9 +244,7 @@ def _coerce_section(cls: type[Any], table: dict[str, Any], name: str) -> dict[st
     out: dict[str, Any] = {}
     for key, value in table.items():
         if key not in known:
-            raise ConfigError(
-                f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})"
-            )
+            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
         out[key] = _coerce_value(hints[key], value, f"{name}.{key}")
     return out
 

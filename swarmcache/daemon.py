@@ -139,7 +139,7 @@ class Daemon:
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
         self._admin = runner
-        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
+        server = site._server
         if isinstance(server, asyncio.Server) and server.sockets:
             self.admin_address = server.sockets[0].getsockname()[:2]
         log.info("admin API listening on %s", self.config.admin.listen)
@@ -155,9 +155,7 @@ class Daemon:
         return result
 
     async def _metrics_view(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.render(), content_type="text/plain", charset="utf-8"
-        )
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def _health_view(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -39,7 +39,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "swarmcache_http_requests_total", "HTTP requests by cache result", ["result"],
+            "swarmcache_http_requests_total",
+            "HTTP requests by cache result",
+            ["result"],
             registry=r,
         )
         self.served_bytes = Counter(
@@ -64,8 +66,10 @@ class Metrics:
             registry=r,
         )
         self.open_connections = Gauge(
-            "swarmcache_http_open_connections", "Open client connections by listener",
-            ["listener"], registry=r,
+            "swarmcache_http_open_connections",
+            "Open client connections by listener",
+            ["listener"],
+            registry=r,
         )
         self.refused_connections = Counter(
             "swarmcache_http_refused_connections_total",
@@ -79,7 +83,8 @@ class Metrics:
             registry=r,
         )
         self.tunnel_bytes = Counter(
-            "swarmcache_http_tunnel_bytes_total", "Bytes relayed through CONNECT tunnels",
+            "swarmcache_http_tunnel_bytes_total",
+            "Bytes relayed through CONNECT tunnels",
             registry=r,
         )
         for result in RESULTS:

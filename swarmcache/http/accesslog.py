@@ -49,7 +49,7 @@ class AccessLog:
         now = time.time()
         quoted = url.decode("latin-1").replace('"', "%22").replace(" ", "%20")
         self._lines.append(
-            f"{now:.3f} {client} {method.decode('latin-1')} \"{quoted}\" {status} {sent} "
+            f'{now:.3f} {client} {method.decode("latin-1")} "{quoted}" {status} {sent} '
             f"{result.upper()} {upstream} {(time.monotonic() - started) * 1000:.1f}\n"
         )
         if self._timer is None:

@@ -59,8 +59,16 @@ log = logging.getLogger("swarmcache.http")
 
 # Request fields never forwarded: we fetch whole objects to fill the cache and answer
 # conditionals and ranges ourselves.
-_FILL_DROPPED = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-since",
-                           b"if-match", b"if-unmodified-since"})
+_FILL_DROPPED = frozenset(
+    {
+        b"range",
+        b"if-range",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-match",
+        b"if-unmodified-since",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -181,7 +189,9 @@ class CacheHandler:
             return None
         if not meta.vary:
             return ex.target.key, meta
-        key = variant_key(ex.target.key, policy.vary_key(meta.vary, ex.request.headers))
+        key = variant_key(
+            ex.target.key, meta.stored_at, policy.vary_key(meta.vary, ex.request.headers)
+        )
         variant = self.store.get(key)
         return None if variant is None else (key, variant)
 
@@ -374,7 +384,9 @@ class CacheHandler:
                 await self._send_file(conn, file, start, end - start + 1)
             conn.write(parts[-1])
 
-    async def _send_file(self, conn: ClientConnection, file: object, offset: int, count: int) -> None:
+    async def _send_file(
+        self, conn: ClientConnection, file: object, offset: int, count: int
+    ) -> None:
         if count <= self.config.cache.small_object_bytes:
             assert hasattr(file, "fileno")
             conn.write(os.pread(file.fileno(), count, offset))
@@ -395,8 +407,9 @@ class CacheHandler:
         if not _is_address(host):
             loop = asyncio.get_running_loop()
             try:
-                infos = await loop.getaddrinfo(host, target.port, family=socket.AF_INET,
-                                               type=socket.SOCK_STREAM)
+                infos = await loop.getaddrinfo(
+                    host, target.port, family=socket.AF_INET, type=socket.SOCK_STREAM
+                )
             except OSError as exc:
                 raise UpstreamError(f"cannot resolve {host}: {exc}") from exc
             host = str(infos[0][4][0])
@@ -412,10 +425,10 @@ class CacheHandler:
             max_headers=http.max_headers,
         )
 
-    def _upstream_fields(self, request: Request, target: Target, drop: frozenset[bytes]) -> list[Header]:
-        fields = [
-            (n, v) for n, v in policy.strip_hop_by_hop(request.headers) if n not in drop
-        ]
+    def _upstream_fields(
+        self, request: Request, target: Target, drop: frozenset[bytes]
+    ) -> list[Header]:
+        fields = [(n, v) for n, v in policy.strip_hop_by_hop(request.headers) if n not in drop]
         if not any(n == b"host" for n, _ in fields):
             fields.insert(0, (b"host", target.host_header))
         previous = [v for n, v in fields if n == b"via"]
@@ -467,12 +480,18 @@ class CacheHandler:
             response_time = time.time()
             if stale is not None and response.status == 304:
                 ex.upstream = upstream.received_bytes
-                return await self._revalidated(conn, ex, stale, response, request_time,
-                                               response_time)
-            decision = policy.storable(request.method, response.status, request.headers,
-                                       response.headers)
+                return await self._revalidated(
+                    conn, ex, stale, response, request_time, response_time
+                )
+            decision = policy.storable(
+                request.method, response.status, request.headers, response.headers
+            )
             length = _content_length(response)
-            if decision.store and length is not None and length > self.config.cache.max_object_bytes:
+            if (
+                decision.store
+                and length is not None
+                and length > self.config.cache.max_object_bytes
+            ):
                 decision = policy.StoreDecision(False, "larger than cache.max_object_bytes")
             if not decision.store:
                 if pending is not None:
@@ -505,8 +524,10 @@ class CacheHandler:
     async def _final_response(self, upstream: UpstreamConnection) -> Response:
         while True:
             event = await upstream.next_event()
-            if isinstance(event, Response) and event.status >= 200 or (
-                isinstance(event, Response) and event.status == 101
+            if (
+                (isinstance(event, Response)
+                and event.status >= 200)
+                or (isinstance(event, Response) and event.status == 101)
             ):
                 return event
             if not isinstance(event, Response):
@@ -521,9 +542,7 @@ class CacheHandler:
         response_time: float,
     ) -> FillHead:
         stored = [
-            (n, v)
-            for n, v in policy.strip_hop_by_hop(response.headers)
-            if n not in (b"content-length", b"age") or n == b"age"
+            (n, v) for n, v in policy.strip_hop_by_hop(response.headers) if n != b"content-length"
         ]
         if not any(n == b"date" for n, _ in stored):
             stored.append((b"date", policy.format_http_date(response_time)))
@@ -575,9 +594,14 @@ class CacheHandler:
                 vary=head.vary,
                 stored_at=time.time(),
             )
-            self.store.put(target.key, meta)
+            primary = self.store.get(target.key) if head.vary else None
+            if primary is not None and primary.vary == head.vary:
+                generation = primary.stored_at
+            else:
+                self.store.put(target.key, meta)
+                generation = meta.stored_at
             if head.vary:
-                self.store.put(variant_key(target.key, head.vary_key), meta)
+                self.store.put(variant_key(target.key, generation, head.vary_key), meta)
             self.store.mark_verified(ref)
             fill.finish()
         except (UpstreamError, OSError) as exc:
@@ -614,8 +638,12 @@ class CacheHandler:
         elif chunked and request.method != b"HEAD":
             extra.append((b"transfer-encoding", b"chunked"))
         age = policy.age_header_value(
-            policy.current_age(head.headers, request_time=head.request_time,
-                               response_time=head.response_time, now=time.time())
+            policy.current_age(
+                head.headers,
+                request_time=head.request_time,
+                response_time=head.response_time,
+                now=time.time(),
+            )
         )
         fields = annotate(
             head.headers,
@@ -674,14 +702,22 @@ class CacheHandler:
             request_time=request_time,
             response_time=response_time,
         )
-        self.store.update(key, updated)
-        if key != ex.target.key:
-            primary = self.store.get(ex.target.key)
-            if primary is not None and primary.blob == meta.blob:
-                self.store.update(ex.target.key, updated)
+        # The 304 may have turned the object private or no-store: then this client (whose
+        # request it answered) gets it once more, and nobody after it.
+        still_shared = policy.storable(
+            b"GET", meta.status, ex.request.headers, updated.headers
+        ).store
+        if still_shared:
+            self.store.update(key, updated)
+            if key != ex.target.key:
+                primary = self.store.get(ex.target.key)
+                if primary is not None and primary.blob == meta.blob:
+                    self.store.update(ex.target.key, updated)
         served = await self._serve_stored(
             conn, ex, key, updated, self.status.revalidated, "revalidated"
         )
+        if not still_shared:
+            self._delete_object(ex.target.key)
         if served is None:
             return self._error(conn, ex, 502, "stored object was corrupt")
         return served
@@ -701,8 +737,8 @@ class CacheHandler:
         meta = self.store.get(key)
         if meta is not None:
             self.small.drop(meta.blob.digest)
+        # Variants of the primary's generation become unreachable with it (see variant_key).
         self.store.delete(key)
-        self.store.delete_prefix(key + b"\x00")
 
     # --- pass-through -----------------------------------------------------------------
     async def _forward(self, conn: ClientConnection, ex: _Exchange, *, invalidate: bool) -> bool:
@@ -756,8 +792,10 @@ class CacheHandler:
         """Send an upstream response to this client only, without storing it."""
         request = ex.request
         length = _content_length(response)
-        has_body = request.method != b"HEAD" and response.status not in (204, 304) and (
-            response.status >= 200
+        has_body = (
+            request.method != b"HEAD"
+            and response.status not in (204, 304)
+            and (response.status >= 200)
         )
         chunked = has_body and length is None and request.version == b"1.1"
         keep_alive = request.keep_alive and (not has_body or length is not None or chunked)

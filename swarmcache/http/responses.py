@@ -27,8 +27,7 @@ _OWN_FIELDS = frozenset(
 )
 # RFC 9110 §15.4.5: what a 304 carries from the 200 it stands for.
 _NOT_MODIFIED_FIELDS = frozenset(
-    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
-     b"last-modified"}
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified"}
 )
 
 

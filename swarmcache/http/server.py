@@ -105,9 +105,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_port = 0
         self.local_addr: tuple[str, int] = ("", 0)
         self.sent_bytes = 0
-        self._reader = RequestReader(
-            max_head_bytes=ctx.max_head_bytes, max_headers=ctx.max_headers
-        )
+        self._reader = RequestReader(max_head_bytes=ctx.max_head_bytes, max_headers=ctx.max_headers)
         self._busy = False
         self._closed = False
         self._counted = False
@@ -131,8 +129,7 @@ class ClientConnection(asyncio.Protocol):
         ctx = self.ctx
         if not ctx.is_subscriber(self.client_ip):
             ctx.metrics.refused_connections.labels(ctx.listener).inc()
-            log.warning("refused %s on %s listener: not a subscriber", self.client_ip,
-                        ctx.listener)
+            log.warning("refused %s on %s listener: not a subscriber", self.client_ip, ctx.listener)
             if not ctx.transparent:
                 self._write_error(403, "client is not a subscriber of this cache")
             self._closed = True

@@ -90,9 +90,13 @@ def resolve_target(request: Request, *, transparent: bool, local: tuple[str, int
     return Target(url, url, host, port, path, authority)
 
 
-def variant_key(primary: bytes, vary_key: bytes) -> bytes:
-    """Store key of one Vary variant; NUL cannot occur in a URL, so no key collides."""
-    return primary + b"\x00" + vary_key
+def variant_key(primary: bytes, generation: float, vary_key: bytes) -> bytes:
+    """Store key of one Vary variant; NUL cannot occur in a URL, so no key collides.
+
+    ``generation`` is the primary record's ``stored_at``: deleting the primary (invalidation,
+    purge) orphans every variant of the old generation at once, without a scan.
+    """
+    return b"%s\x00%r\x00%s" % (primary, generation, vary_key)
 
 
 def blocked_destination(address: str) -> str | None:

@@ -148,9 +148,7 @@ class UpstreamConnection:
     def transport(self) -> asyncio.Transport:
         return self._transport
 
-    async def send_head(
-        self, method: bytes, target: bytes, headers: Iterable[Header]
-    ) -> None:
+    async def send_head(self, method: bytes, target: bytes, headers: Iterable[Header]) -> None:
         self._reader.expect(method)
         self._transport.write(serialize_request_head(method, target, headers))
         await self._protocol.drain()
@@ -167,8 +165,7 @@ class UpstreamConnection:
             except RemoteProtocolError as exc:
                 raise UpstreamError(f"bad response from origin: {exc}") from exc
             if event is not NEED_DATA:
-                assert not isinstance(event, type(NEED_DATA))
-                return event  # type: ignore[return-value]
+                return event
             try:
                 data = await asyncio.wait_for(self._protocol.take(), self._idle_timeout)
             except TimeoutError:

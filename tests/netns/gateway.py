@@ -123,7 +123,12 @@ class Gateway:
         if self.daemon.poll() is not None:
             raise AssertionError(f"daemon exited: {self.daemon_log.read_text()[-3000:]}")
         result = self.tb.run(
-            self.tb.gw, "curl", "-sf", "-o", "/dev/null", "http://127.0.0.1:9480/healthz",
+            self.tb.gw,
+            "curl",
+            "-sf",
+            "-o",
+            "/dev/null",
+            "http://127.0.0.1:9480/healthz",
             check=False,
         )
         return result.returncode == 0
@@ -139,9 +144,7 @@ class Gateway:
         self.daemon.wait(timeout=10)
 
     def metrics(self) -> dict[str, float]:
-        text = self.tb.run(
-            self.tb.gw, "curl", "-s", "http://127.0.0.1:9480/metrics"
-        ).stdout.decode()
+        text = self.tb.run(self.tb.gw, "curl", "-s", "http://127.0.0.1:9480/metrics").stdout
         values: dict[str, float] = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
@@ -161,9 +164,18 @@ class Gateway:
         body = self.tmp / f"b{self._fetches}"
         result = self.tb.run(
             ns or self.tb.sub,
-            "curl", "-s", "--max-time", str(int(timeout)), "-D", str(head), "-o", str(body),
-            *args, url,
-            check=False, timeout=timeout + 5,
+            "curl",
+            "-s",
+            "--max-time",
+            str(int(timeout)),
+            "-D",
+            str(head),
+            "-o",
+            str(body),
+            *args,
+            url,
+            check=False,
+            timeout=timeout + 5,
         )
         if result.returncode != 0:
             raise AssertionError(f"curl {url} failed with exit {result.returncode}")
