@@ -16,6 +16,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
@@ -33,11 +34,14 @@ from typing import IO
 
 __all__ = [
     "CLK_TCK",
+    "PROJECT",
     "BenchError",
     "Fetch",
     "Testbed",
     "WrkResult",
     "curl_fetch",
+    "loadavg",
+    "log",
     "machine_facts",
     "median",
     "metric_deltas",
@@ -48,7 +52,11 @@ __all__ = [
     "proc_status_kib",
     "process_tree",
     "ratio",
+    "run_checked",
+    "source_facts",
+    "stop_process",
     "tail",
+    "tree_cpu_seconds",
 ]
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -442,6 +450,44 @@ def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+def source_facts(
+    packages: Sequence[str] = ("swarmcache", "cache", "interceptor", "swarm"),
+) -> dict[str, object]:
+    """Which code was measured: commit, uncommitted changes, and a digest of the sources."""
+    digest = hashlib.sha256()
+    files = sorted(p for pkg in packages for p in (PROJECT / pkg).rglob("*.py"))
+    for path in files:
+        digest.update(str(path.relative_to(PROJECT)).encode() + b"\0" + path.read_bytes())
+    try:  # --no-optional-locks: read-only, never refreshes the index
+        res = subprocess.run(
+            [
+                "git",
+                "--no-optional-locks",
+                "-C",
+                str(PROJECT),
+                "status",
+                "--porcelain",
+                "--",
+                *packages,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        changed: list[str] | None = res.stdout.splitlines() if res.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        changed = None
+    return {
+        "git_commit": _first_line(
+            ["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"], need_success=True
+        ),
+        "uncommitted_changes": changed,
+        "source_sha256": digest.hexdigest()[:16],
+        "source_files": len(files),
+    }
+
+
 def machine_facts() -> dict[str, object]:
     cpu_model = None
     try:
@@ -461,19 +507,7 @@ def machine_facts() -> dict[str, object]:
         "nginx": _first_line(["nginx", "-v"]),
         "wrk": _first_line(["wrk", "-v"]),
         "curl": _first_line(["curl", "--version"]),
-        "git_commit": _first_line(
-            ["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"], need_success=True
-        ),
     }
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
-def now() -> float:
-    return time.monotonic()
 
 
 def log(msg: str, stream: IO[str] = sys.stderr) -> None:

@@ -57,6 +57,7 @@ from benchlib import (
     proc_status_kib,
     process_tree,
     ratio,
+    source_facts,
     tail,
     tree_cpu_seconds,
 )
@@ -403,6 +404,11 @@ class Bench:
                 before_m, cpu0 = self.metrics(), self.server_cpu(target)
                 f = curl_fetch(self.bed, self.bed.sub, url, self.hdr)
                 cpu = self.server_cpu(target) - cpu0
+                if target == "swarmcache":
+                    # The fill (store write, hash check, counters) may finish after the client
+                    # has its last byte; account for it before the next measurement starts.
+                    self.settle()
+                cpu_fill = self.server_cpu(target) - cpu0
                 deltas = metric_deltas(before_m, self.metrics(), METRICS)
                 cache = f.headers.get("x-cache", "<absent>")
                 if f.status != 200 or f.bytes != size:
@@ -416,11 +422,10 @@ class Bench:
                 run = {"round": r, **f.summary(), "cache": cache}
                 if target == "swarmcache":
                     run["server_cpu_s"] = round(cpu, 3)
+                    run["server_cpu_s_incl_fill"] = round(cpu_fill, 3)
                     run["metrics_delta"] = deltas
                 runs[target].append(run)
                 log(f"cold {p.big_mib} MiB round {r} {target}: {f.gbit_s:.2f} Gbit/s")
-                if target == "swarmcache":
-                    self.settle()
         sw = median([x["gbit_s"] for x in runs["swarmcache"]])
         di = median([x["gbit_s"] for x in runs["direct"]])
         self.results["cold_miss_gbit_s"] = {
@@ -488,6 +493,15 @@ class Bench:
         self.process_facts()
 
 
+def other_namespaces(own_prefix: str | None = None) -> list[str]:
+    """Network namespaces that are not ours: a hint that other tests shared the machine."""
+    try:
+        names = sorted(os.listdir("/var/run/netns"))
+    except OSError:
+        return []
+    return [n for n in names if not (own_prefix and n.startswith(own_prefix))]
+
+
 def _round(x: float | None, nd: int = 3) -> float | None:
     return None if x is None else round(x, nd)
 
@@ -550,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "params": asdict(params),
         "machine": machine_facts(),
+        "source": source_facts(),
         "load_before": loadavg(),
+        "other_namespaces_before": other_namespaces(),
     }
     scratch = Path(tempfile.mkdtemp(prefix="swarmcache-bench-", dir=args.scratch_dir))
     bed = Testbed.fresh()
@@ -570,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = 143
     finally:
         doc["load_after"] = loadavg()
+        doc["other_namespaces_after"] = other_namespaces(bed.prefix)
         problems = bed.down()
         doc["teardown_problems"] = problems
         for problem in problems:

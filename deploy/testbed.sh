@@ -15,6 +15,10 @@
 # - The gateway has no default route: nothing can leave the three namespaces. 10.77.2.2 (net)
 #   is outside the subscriber prefix 10.77.1.0/24, so it doubles as the "non-subscriber" host.
 # - The root namespace is never touched: no sysctl, rule or route outside the namespaces.
+# - Name resolution stays inside too: `ip netns exec NS` bind-mounts /etc/netns/NS/* over /etc,
+#   so each namespace gets a hosts file naming the testbed addresses and a resolv.conf pointing
+#   at 127.0.0.1 (nothing listens there: lookups fail at once). Without it, reverse lookups such
+#   as http.server's getfqdn() at bind time wait on the host's unreachable resolver for seconds.
 # - Every step checks or replaces instead of adding, so `up` can be rerun on a half-built
 #   testbed; `down` tolerates namespaces that are already gone.
 set -eu
@@ -50,8 +54,16 @@ link_exists() { # ns ifname
     ip -n "$1" link show dev "$2" >/dev/null 2>&1
 }
 
+write_etc() { # ns
+    mkdir -p "/etc/netns/$1"
+    printf '%s\n' "127.0.0.1 localhost" "10.77.1.2 sub.testbed" "10.77.1.1 gw-sub.testbed" \
+        "10.77.2.1 gw.testbed" "10.77.2.2 net.testbed origin.testbed" >"/etc/netns/$1/hosts"
+    printf '%s\n' "nameserver 127.0.0.1" "options timeout:1 attempts:1" >"/etc/netns/$1/resolv.conf"
+}
+
 up() {
     for ns in $NSES; do
+        write_etc "$ns"
         ns_exists "$ns" || ip netns add "$ns"
         ip -n "$ns" link set lo up
     done
@@ -102,9 +114,12 @@ down() {
         kill_all_in "$ns"
     done
     for ns in $NSES; do
-        ns_exists "$ns" || continue
-        ip netns del "$ns"
+        if ns_exists "$ns"; then
+            ip netns del "$ns"
+        fi
+        rm -rf "/etc/netns/$ns"
     done
+    rmdir /etc/netns 2>/dev/null || true # only when no other testbed uses it
 }
 
 case "$action" in

@@ -20,9 +20,11 @@ Why it is built this way:
   state             event                      action / next state
   ================  =========================  ==========================================
   queue enabled     no byte for ``timeout`` s  :func:`~interceptor.rules.disable_queue`
-                                               -> queue disabled (new SYNs bypass)
+  or unknown                                   -> queue disabled (new SYNs bypass)
   queue disabled    heartbeat byte             :func:`~interceptor.rules.enable_queue`
-                                               -> queue enabled
+  or unknown                                   -> queue enabled (the state is unknown at
+                                               start: a respawned watchdog may find a queue
+                                               its predecessor disabled)
   any               EOF (daemon died, even     :func:`~interceptor.rules.remove`, exit 0
                     ``kill -9``), or
                     SIGTERM/SIGHUP after the
@@ -228,7 +230,9 @@ def serve(
     poller.register(fd, select.POLLIN | select.POLLHUP)
     tick_ms = max(10, int(min(0.1, timeout / 5) * 1000))
     last_beat = time.monotonic()
-    queue_enabled = True
+    # Unknown at start: a respawned watchdog may inherit a queue its predecessor disabled. The
+    # first heartbeat therefore refills the queue chain (atomic and idempotent).
+    queue_enabled: bool | None = None
 
     while True:
         poller.poll(tick_ms)
@@ -255,22 +259,22 @@ def serve(
             beat = True
         now = time.monotonic()
         if beat:
-            if not queue_enabled:
+            if queue_enabled is not True:
                 try:
                     rules.enable_queue(spec, run)
                 except InterceptError as exc:
                     log.error("could not re-enable the SYN queue: %s", exc)
                 else:
+                    if queue_enabled is False:
+                        gap = now - last_beat
+                        log.warning("heartbeat back after %.2f s: SYN queue re-enabled", gap)
                     queue_enabled = True
-                    log.warning(
-                        "heartbeat back after %.2f s: SYN queue re-enabled", now - last_beat
-                    )
             last_beat = now
         if eof:
             log.warning("daemon pipe closed (daemon died); removing rules")
             rules.remove(spec, run)
             return 0
-        if queue_enabled and now - last_beat > timeout:
+        if queue_enabled is not False and now - last_beat > timeout:
             try:
                 rules.disable_queue(spec, run)
             except InterceptError as exc:

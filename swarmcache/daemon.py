@@ -174,23 +174,23 @@ class Daemon:
     async def stop(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if self._intercept is not None:
             from interceptor import rules
 
             rules.remove(self._intercept)
             self._intercept = None
-        if self._watchdog is not None:
-            self._watchdog.stop()
-            self._watchdog = None
         if self._synqueue is not None:
             self._synqueue.close()
             self._synqueue = None
         for server in self._servers:
             server.close()
+        await self.handler.close()
         for ctx in self._contexts:
             for conn in list(ctx.connections):
                 conn.abort()
-        self.handler.close()
         for server in self._servers:
             await server.wait_closed()
         if self._admin is not None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from cache import policy
 from cache.fill import Coalescer, Fill, FillAborted, FillHead, PendingFetch
-from cache.store import BlobWriter, CorruptBlob, ObjectMeta, Store
+from cache.store import BlobWriter, CorruptBlob, ObjectMeta, Store, StoreError
 from swarmcache.config import Config
 from swarmcache.http.accesslog import AccessLog
 from swarmcache.http.parser import (
@@ -51,7 +51,7 @@ from swarmcache.http.server import ClientConnection
 from swarmcache.http.target import Target, blocked_destination, resolve_target, variant_key
 from swarmcache.http.tunnel import relay_both_ways
 from swarmcache.http.upstream import UpstreamConnection, UpstreamError
-from swarmcache.metrics import Metrics
+from swarmcache.metrics import RESULTS, Metrics
 
 __all__ = ["CacheHandler"]
 
@@ -84,33 +84,56 @@ class _Exchange:
     sent_before: int = 0
 
 
-class _SmallBodies:
-    """Verified small bodies kept in memory (LRU by bytes), keyed by blob digest."""
+@dataclass(slots=True)
+class _Hot:
+    """A small, verified, Vary-free object kept in memory with its response prefix built.
+
+    ``prefix`` is the status line and every field that does not change between hits; a hit
+    appends Age, Content-Length and the blank line, so the common hit costs one dict lookup,
+    one freshness check and one write.
+    """
+
+    meta: ObjectMeta
+    body: bytes
+    prefix: bytes
+
+
+class _HotObjects:
+    """Primary key → :class:`_Hot`, an LRU bounded by body bytes.
+
+    Entries are dropped whenever the handler changes the key in the store, so a hot entry
+    never outlives the stored object it mirrors.
+    """
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.used = 0
-        self._items: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._items: collections.OrderedDict[bytes, _Hot] = collections.OrderedDict()
 
-    def get(self, digest: str) -> bytes | None:
-        body = self._items.get(digest)
-        if body is not None:
-            self._items.move_to_end(digest)
-        return body
+    def get(self, key: bytes) -> _Hot | None:
+        hot = self._items.get(key)
+        if hot is not None:
+            self._items.move_to_end(key)
+        return hot
 
-    def put(self, digest: str, body: bytes) -> None:
-        if len(body) > self.budget or digest in self._items:
+    def put(self, key: bytes, hot: _Hot) -> None:
+        self.drop(key)
+        if len(hot.body) > self.budget:
             return
-        self._items[digest] = body
-        self.used += len(body)
+        self._items[key] = hot
+        self.used += len(hot.body)
         while self.used > self.budget:
             _, old = self._items.popitem(last=False)
-            self.used -= len(old)
+            self.used -= len(old.body)
 
-    def drop(self, digest: str) -> None:
-        body = self._items.pop(digest, None)
-        if body is not None:
-            self.used -= len(body)
+    def drop(self, key: bytes) -> None:
+        hot = self._items.pop(key, None)
+        if hot is not None:
+            self.used -= len(hot.body)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.used = 0
 
 
 class CacheHandler:
@@ -129,10 +152,11 @@ class CacheHandler:
         self.coalescer = Coalescer()
         self.status = CacheStatus(config.http.via_name)
         self.via = config.http.via_name.encode()
-        self.small = _SmallBodies(64 << 20)
+        self.hot = _HotObjects(64 << 20)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._hit_requests = metrics.requests.labels("hit")
-        self._hit_bytes = metrics.served_bytes.labels("hit")
+        # prometheus-client's labels() costs microseconds; bind the children once.
+        self._requests = {r: metrics.requests.labels(r) for r in RESULTS}
+        self._served = {r: metrics.served_bytes.labels(r) for r in RESULTS}
 
     # --- entry point ------------------------------------------------------------------
     def handle(self, conn: ClientConnection, request: Request) -> Awaitable[bool] | bool:
@@ -149,15 +173,20 @@ class CacheHandler:
         exchange.result = "pass"
         return self._forward(conn, exchange, invalidate=action is policy.RequestAction.INVALIDATE)
 
-    def close(self) -> None:
-        for task in self._tasks:
+    async def close(self, grace: float = 5.0) -> None:
+        """Let fills under way finish (so their objects are stored), then cancel the rest."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in set(self._tasks):
             task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=1.0)
 
     # --- bookkeeping ------------------------------------------------------------------
     def _finish(self, conn: ClientConnection, ex: _Exchange) -> None:
         sent = conn.sent_bytes - ex.sent_before
-        self.metrics.requests.labels(ex.result).inc()
-        self.metrics.served_bytes.labels(ex.result).inc(sent)
+        self._requests[ex.result].inc()
+        self._served[ex.result].inc(sent)
         self.access_log.record(
             client=conn.client_ip,
             method=ex.request.method,
@@ -196,45 +225,73 @@ class CacheHandler:
         return None if variant is None else (key, variant)
 
     def _fast_hit(self, conn: ClientConnection, ex: _Exchange) -> bool | None:
-        """Serve a fresh, verified, small hit synchronously; None if this needs the slow path."""
+        """Serve a fresh hot object synchronously; None if this needs the slow path."""
+        hot = self.hot.get(ex.target.key)
+        if hot is None:
+            return None
         request = ex.request
-        if conn.ctx.transparent is False and blocked_destination_name(ex.target.host):
-            return None
-        found = self._find(ex)
-        if found is None:
-            return None
-        key, meta = found
-        body = self.small.get(meta.blob.digest)
-        if body is None:
-            return None
+        meta = hot.meta
         now = time.time()
-        directives = policy.request_directives(request.headers)
         freshness = policy.evaluate_freshness(
             meta.status,
             meta.headers,
-            directives,
+            policy.request_directives(request.headers),
             request_time=meta.request_time,
             response_time=meta.response_time,
             now=now,
         )
         if freshness is not policy.Freshness.FRESH:
             return None
-        plan = plan_hit(request, meta.status, meta.headers, meta.blob.size)
         keep_alive = request.keep_alive
-        head = self._hit_head(request, meta, plan, now, self.status.hit, keep_alive)
-        if plan.multipart_boundary:
-            return None
-        if request.method == b"HEAD" or not plan.ranges:
-            conn.write(head)
+        plain = request.version == b"1.1" and keep_alive and not _has_conditionals(request)
+        if plain:
+            age = policy.current_age(
+                meta.headers,
+                request_time=meta.request_time,
+                response_time=meta.response_time,
+                now=now,
+            )
+            head = b"%sage: %s\r\ncontent-length: %d\r\n\r\n" % (
+                hot.prefix,
+                policy.age_header_value(age),
+                len(hot.body),
+            )
+            conn.write(head if request.method == b"HEAD" else head + hot.body)
+            body_sent = 0 if request.method == b"HEAD" else len(hot.body)
+            ex.status = meta.status
         else:
-            start, end = plan.ranges[0]
-            conn.write(head + body[start : end + 1])
-        self.store.touch(key, now)
+            plan = plan_hit(request, meta.status, meta.headers, meta.blob.size)
+            if plan.multipart_boundary:
+                return None
+            head = self._hit_head(request, meta, plan, now, self.status.hit, keep_alive)
+            if request.method == b"HEAD" or not plan.ranges:
+                conn.write(head)
+                body_sent = 0
+            else:
+                start, end = plan.ranges[0]
+                conn.write(head + hot.body[start : end + 1])
+                body_sent = end - start + 1
+            ex.status = plan.status
+        self.store.touch(ex.target.key, now)
         ex.result = "hit"
-        ex.status = plan.status
-        self.metrics.saved_bytes.inc(sum(e - s + 1 for s, e in plan.ranges))
+        self.metrics.saved_bytes.inc(body_sent)
         self._finish(conn, ex)
         return keep_alive
+
+    def _remember_hot(self, key: bytes, meta: ObjectMeta, body: bytes) -> None:
+        if meta.vary:
+            return
+        fields = annotate(
+            [(n, v) for n, v in meta.headers if n != b"age"],
+            via=self.via,
+            version=b"1.1",
+            cache_status=self.status.hit,
+            hit=True,
+            age=None,
+            keep_alive=True,
+        )
+        prefix = serialize_response_head(meta.status, meta.reason, fields)[:-2]
+        self.hot.put(key, _Hot(meta, body, prefix))
 
     def _hit_head(
         self,
@@ -356,7 +413,8 @@ class CacheHandler:
                 if len(body) != size:
                     self._drop_corrupt(meta, "short read")
                     return None
-                self.small.put(meta.blob.digest, body)
+                if key == ex.target.key:
+                    self._remember_hot(key, meta, body)
             self.store.touch(key, now)
             conn.write(head)
             if request.method != b"HEAD" and plan.ranges:
@@ -397,7 +455,7 @@ class CacheHandler:
     def _drop_corrupt(self, meta: ObjectMeta, why: str) -> None:
         log.error("dropping corrupt blob %s of %r: %s", meta.blob.digest, meta.url, why)
         self.metrics.corrupt_blobs.inc()
-        self.small.drop(meta.blob.digest)
+        self.hot.clear()
         self.store.drop_blob(meta.blob)
 
     # --- misses -----------------------------------------------------------------------
@@ -524,10 +582,8 @@ class CacheHandler:
     async def _final_response(self, upstream: UpstreamConnection) -> Response:
         while True:
             event = await upstream.next_event()
-            if (
-                (isinstance(event, Response)
-                and event.status >= 200)
-                or (isinstance(event, Response) and event.status == 101)
+            if (isinstance(event, Response) and event.status >= 200) or (
+                isinstance(event, Response) and event.status == 101
             ):
                 return event
             if not isinstance(event, Response):
@@ -594,6 +650,7 @@ class CacheHandler:
                 vary=head.vary,
                 stored_at=time.time(),
             )
+            self.hot.drop(target.key)
             primary = self.store.get(target.key) if head.vary else None
             if primary is not None and primary.vary == head.vary:
                 generation = primary.stored_at
@@ -604,8 +661,14 @@ class CacheHandler:
                 self.store.put(variant_key(target.key, generation, head.vary_key), meta)
             self.store.mark_verified(ref)
             fill.finish()
-        except (UpstreamError, OSError) as exc:
+        except (UpstreamError, OSError, StoreError) as exc:
             log.warning("fill of %r failed: %s", target.url, exc)
+            writer.abort()
+            fill.abort(exc)
+        except Exception as exc:
+            # A bug here must still end every reader's response and free the coalescer
+            # entry; it is logged with its traceback, never swallowed silently.
+            log.exception("fill of %r crashed", target.url)
             writer.abort()
             fill.abort(exc)
         except asyncio.CancelledError:
@@ -707,6 +770,7 @@ class CacheHandler:
         still_shared = policy.storable(
             b"GET", meta.status, ex.request.headers, updated.headers
         ).store
+        self.hot.drop(ex.target.key)
         if still_shared:
             self.store.update(key, updated)
             if key != ex.target.key:
@@ -734,9 +798,7 @@ class CacheHandler:
         return freshness is policy.Freshness.STALE
 
     def _delete_object(self, key: bytes) -> None:
-        meta = self.store.get(key)
-        if meta is not None:
-            self.small.drop(meta.blob.digest)
+        self.hot.drop(key)
         # Variants of the primary's generation become unreachable with it (see variant_key).
         self.store.delete(key)
 
@@ -875,6 +937,16 @@ def _connect_authority(request: Request) -> tuple[str, int]:
     if port == 0:
         raise RemoteProtocolError("CONNECT needs host:port")
     return host, port
+
+
+_CONDITIONALS = frozenset(
+    {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"range"}
+)
+
+
+def _has_conditionals(request: Request) -> bool:
+    """Conditionals or Range: the hit then needs :func:`plan_hit`."""
+    return not _CONDITIONALS.isdisjoint(name for name, _ in request.headers)
 
 
 def _shareable_request(request: Request) -> bool:

@@ -19,7 +19,7 @@ Why it is built this way
 Theory of operation
 -------------------
 Each reader is a state machine; ``next_event`` runs the step function of the current state
-(looked up in a table) until one produces an event or ``NEED_DATA``::
+(``_step_<state>``, looked up in a table) until one produces an event or ``NEED_DATA``::
 
     state        on                                    next state
     HEAD         head with Content-Length n > 0        BODY_LENGTH   (END if n == 0)
@@ -35,7 +35,7 @@ Each reader is a state machine; ``next_event`` runs the step function of the cur
     CHUNK_CRLF   CRLF                                  CHUNK_SIZE
     TRAILERS     empty line                            END
     END          (yields EndOfMessage)                 DONE
-    DONE         start_next_message()                  HEAD
+    END, DONE    start_next_message()                  HEAD
     any          bad bytes, or EOF inside a message    ERROR         (raises, for ever)
 
 EOF between messages is not an error for requests: ``next_event`` keeps returning
@@ -51,7 +51,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Final, Generic, TypeAlias, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar
 
 __all__ = [
     "LAST_CHUNK",
@@ -191,13 +191,15 @@ class BodyFraming(enum.Enum):
 
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN_RE = re.compile(rb"[%b]+" % _TCHAR)
-# The field block of a head, validated in one C-level pass; the per-line loop then only
-# slices. CR, LF and other controls are ruled out before this runs.
-_FIELD_BLOCK_RE = re.compile(rb"[%b]+:[^\r\n]*(?:\r\n[%b]+:[^\r\n]*)*" % (_TCHAR, _TCHAR))
+# Field values: anything but controls (HTAB and obs-text are allowed).
+_VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"
+# The whole field block of a head is validated by one C-level match; the per-line loop then
+# only slices. Bare CR and LF are ruled out before this runs.
+_FIELD_BLOCK_RE = re.compile(rb"[%b]+:%b(?:\r\n[%b]+:%b)*" % (_TCHAR, _VALUE, _TCHAR, _VALUE))
 # A CR not followed by LF, or an LF not preceded by CR. A CR at the very end of the searched
 # range is let through: its LF may be in the next chunk.
 _BARE_CR_LF_RE = re.compile(rb"\r(?=[^\n])|(?<!\r)\n")
-_CTL_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _VERSION_RE = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _STATUS_LINE_RE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?", re.S)
 _DIGITS_RE = re.compile(rb"[0-9]+")
@@ -226,22 +228,18 @@ def _field_error(lines: list[bytes], hint: int) -> RemoteProtocolError:
             )
         if not _TOKEN_RE.fullmatch(name):
             return RemoteProtocolError(f"invalid header field name {name[:40]!r}", hint)
+        ctl = _CTL_RE.search(line, colon)
+        if ctl is not None:
+            return RemoteProtocolError(
+                f"control character 0x{line[ctl.start()]:02x} in header field value", hint
+            )
     return RemoteProtocolError("malformed header field", hint)  # pragma: no cover
 
 
-def _check_controls(block: bytes, first_line: str | None, hint: int) -> None:
-    m = _CTL_RE.search(block)
-    if m is None:
-        return
-    at = m.start()
-    byte = f"0x{block[at]:02x}"
-    newline = block.rfind(b"\r\n", 0, at)
-    line_start = newline + 2 if newline >= 0 else 0
-    if line_start == 0 and first_line is not None:
-        raise RemoteProtocolError(f"control character {byte} in {first_line}", hint)
-    if block.find(b":", line_start, at) >= 0:
-        raise RemoteProtocolError(f"control character {byte} in header field value", hint)
-    raise RemoteProtocolError(f"invalid header field name (control character {byte})", hint)
+def _check_start_line(line: bytes, what: str, hint: int) -> None:
+    ctl = _CTL_RE.search(line)
+    if ctl is not None:
+        raise RemoteProtocolError(f"control character 0x{line[ctl.start()]:02x} in {what}", hint)
 
 
 def _parse_fields(
@@ -256,11 +254,8 @@ def _parse_fields(
         return []
     if _FIELD_BLOCK_RE.fullmatch(block, pos) is None:
         raise _field_error(lines, hint)
-    headers = []
-    for line in lines:
-        colon = line.index(b":")
-        headers.append((line[:colon].lower(), line[colon + 1 :].strip(b" \t")))
-    return headers
+    # Names are tokens, so the first colon is the separator.
+    return [(n.lower(), v.strip(b" \t")) for n, _, v in [line.partition(b":") for line in lines]]
 
 
 def _framing_fields(
@@ -328,6 +323,7 @@ _Step: TypeAlias = Request | Response | Data | EndOfMessage | _NeedData | None
 class _Reader(Generic[_HeadT]):
     """The framing machinery shared by both readers; subclasses parse the head."""
 
+    _STEPS: ClassVar[tuple[Callable[[Any], _Step], ...]] = ()
     _kind = "message"
     _hint = 400  # status hint for errors in this direction
     _size_hint = 400  # status hint for oversized heads
@@ -349,18 +345,14 @@ class _Reader(Generic[_HeadT]):
         self._framing: BodyFraming | None = None
         self._body_length: int | None = None
         self._empty_lines = 0
-        self._steps: tuple[Callable[[], _Step], ...] = (
-            self._step_head,
-            self._step_length,
-            self._step_close,
-            self._step_chunk_size,
-            self._step_chunk_data,
-            self._step_chunk_crlf,
-            self._step_trailers,
-            self._step_end,
-            self._step_done,
-            self._step_error,
-        )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The state table: the step function of each _State, looked up per class so that
+        # overrides count. Plain functions, not bound methods kept on the instance: those
+        # would make every reader a reference cycle, and its buffers would wait for the
+        # cyclic GC instead of being freed when the connection drops it.
+        cls._STEPS = tuple(getattr(cls, f"_step_{state.name.lower()}") for state in _State)
 
     # --- public ---------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -378,7 +370,7 @@ class _Reader(Generic[_HeadT]):
     def _next(self) -> _HeadT | Data | EndOfMessage | _NeedData:
         try:
             while True:
-                result = self._steps[self._state]()
+                result = self._STEPS[self._state](self)
                 if result is not None:
                     return result  # type: ignore[return-value]
         except RemoteProtocolError as exc:
@@ -476,22 +468,33 @@ class _Reader(Generic[_HeadT]):
         while True:
             scan = self._scan
             end = buf.find(b"\r\n\r\n", max(0, scan - 3))
-            bad = _BARE_CR_LF_RE.search(buf, max(0, scan - 1), len(buf) if end < 0 else end + 4)
-            if bad is not None:
-                kind = "CR" if buf[bad.start()] == 0x0D else "LF"
-                raise RemoteProtocolError(
-                    f"bare {kind} in {what} (lines must end with CRLF)", self._hint
-                )
             if end >= 0:
-                if end + 4 > limit:
-                    raise RemoteProtocolError(f"{what} too large", self._size_hint)
-                return end
+                break
+            # Not complete yet: check the new bytes now, so a head with bare LF line endings
+            # fails at once instead of waiting for the size limit. (This regex is the costly
+            # check, so a head that arrives whole skips it and gets the counts below.)
+            self._check_bare_cr_lf(scan, len(buf), what)
             self._scan = len(buf)
             if len(buf) > limit:
                 raise RemoteProtocolError(f"{what} too large", self._size_hint)
             if not chunks:
                 return -1
             buf += chunks.popleft()
+        stop = end + 4
+        if stop > limit:
+            raise RemoteProtocolError(f"{what} too large", self._size_hint)
+        crlf = buf.count(b"\r\n", 0, stop)
+        if buf.count(b"\r", 0, stop) != crlf or buf.count(b"\n", 0, stop) != crlf:
+            self._check_bare_cr_lf(0, stop, what)
+        return end
+
+    def _check_bare_cr_lf(self, start: int, stop: int, what: str) -> None:
+        bad = _BARE_CR_LF_RE.search(self._buf, max(0, start - 1), stop)
+        if bad is not None:
+            kind = "CR" if self._buf[bad.start()] == 0x0D else "LF"
+            raise RemoteProtocolError(
+                f"bare {kind} in {what} (lines must end with CRLF)", self._hint
+            )
 
     def _incomplete(self, what: str) -> RemoteProtocolError:
         return RemoteProtocolError(f"connection closed: incomplete {what}", self._hint)
@@ -534,7 +537,7 @@ class _Reader(Generic[_HeadT]):
         self._scan = 0
         return self._parse_head(head)
 
-    def _step_length(self) -> _Step:
+    def _step_body_length(self) -> _Step:
         data = self._take_body(self._remaining)
         if data is None:
             if self._eof:
@@ -545,7 +548,7 @@ class _Reader(Generic[_HeadT]):
             self._state = _State.END
         return Data(data)
 
-    def _step_close(self) -> _Step:
+    def _step_body_close(self) -> _Step:
         data = self._take_body(None)
         if data is None:
             if self._eof:
@@ -627,7 +630,6 @@ class _Reader(Generic[_HeadT]):
                 raise self._incomplete("chunked body (trailer section)")
             return NEED_DATA
         block = self._take(end + 4)[:end]
-        _check_controls(block, None, self._hint)
         # Trailers are parsed only to be validated, then dropped: nothing downstream may
         # act on fields that arrive after the cache decision was made.
         _parse_fields(
@@ -665,8 +667,8 @@ class RequestReader(_Reader[Request]):
         return self._next()
 
     def _parse_head(self, head: bytes) -> Request:
-        _check_controls(head, "request line", 400)
         lines = head.split(b"\r\n")
+        _check_start_line(lines[0], "request line", 400)
         parts = lines[0].split(b" ")
         if len(parts) != 3:
             raise RemoteProtocolError("malformed request line (want: method SP target SP version)")
@@ -746,8 +748,8 @@ class ResponseReader(_Reader[Response]):
     def _parse_head(self, head: bytes) -> Response:
         method = self._method
         assert method is not None
-        _check_controls(head, "status line", 502)
         lines = head.split(b"\r\n")
+        _check_start_line(lines[0], "status line", 502)
         m = _STATUS_LINE_RE.fullmatch(lines[0])
         if m is None:
             raise RemoteProtocolError(f"malformed status line {lines[0][:40]!r}", 502)

@@ -15,6 +15,7 @@ import collections
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import IO, Protocol
 
@@ -22,6 +23,7 @@ from swarmcache.http.parser import (
     NEED_DATA,
     Data,
     EndOfMessage,
+    LocalProtocolError,
     RemoteProtocolError,
     Request,
     RequestReader,
@@ -117,6 +119,7 @@ class ClientConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._read_paused = False
+        self._last_active = 0.0
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -214,9 +217,6 @@ class ClientConnection(asyncio.Protocol):
                 log.error("unexpected %s between requests", type(event).__name__)
                 self.close()
                 return
-            if self._idle_handle is not None:
-                self._idle_handle.cancel()
-                self._idle_handle = None
             try:
                 outcome = self.ctx.handler.handle(self, event)
             except RemoteProtocolError as exc:
@@ -257,7 +257,12 @@ class ClientConnection(asyncio.Protocol):
         if not keep_alive:
             self.close()
             return False
-        self._reader.start_next_message()
+        try:
+            self._reader.start_next_message()
+        except LocalProtocolError:
+            # The handler left part of a request body unread: the stream cannot be resynced.
+            self.close()
+            return False
         self._arm_idle()
         return True
 
@@ -269,14 +274,26 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     def _arm_idle(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-        loop = asyncio.get_running_loop()
-        self._idle_handle = loop.call_later(self.ctx.idle_timeout, self._idle_expired)
+        # Per request only a float is stored; the one timer per connection re-arms itself
+        # for the remaining time when it fires early (call_later per request cost more than
+        # serving a small hit).
+        self._last_active = time.monotonic()
+        if self._idle_handle is None:
+            self._idle_handle = asyncio.get_running_loop().call_later(
+                self.ctx.idle_timeout, self._idle_expired
+            )
 
     def _idle_expired(self) -> None:
-        if not self._busy:
-            self.close()
+        self._idle_handle = None
+        if self._closed:
+            return
+        remaining = self._last_active + self.ctx.idle_timeout - time.monotonic()
+        if self._busy or remaining > 0:
+            self._idle_handle = asyncio.get_running_loop().call_later(
+                max(remaining, 1.0), self._idle_expired
+            )
+            return
+        self.close()
 
     # --- what handlers use ------------------------------------------------------------
     @property

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import http.client
 import http.server
 import queue
 import socket
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -470,6 +472,47 @@ def test_local_misuse() -> None:
         serialize_response_head(200, b"OK\r\nevil: 1", [])
     with pytest.raises(LocalProtocolError):
         serialize_response_head(1000, b"", [])
+    with pytest.raises(LocalProtocolError, match="invalid start line"):
+        serialize_request_head(b"G T", b"/", [])
+    with pytest.raises(LocalProtocolError, match="invalid start line"):
+        serialize_response_head(200, b"O\x00K", [])
+    with pytest.raises(LocalProtocolError):
+        RequestReader(max_head_bytes=1)
+
+
+def test_start_next_message_rules() -> None:
+    reader = RequestReader()
+    reader.start_next_message()  # nothing read yet: harmless
+    reader.feed(GET)
+    assert isinstance(reader.next_event(), Request)
+    reader.start_next_message()  # the message is complete even though EOM was not collected
+    reader.feed(GET)
+    assert isinstance(reader.next_event(), Request)
+
+    response_reader = ResponseReader()
+    response_reader.expect(b"GET")
+    response_reader.feed(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert isinstance(response_reader.next_event(), Response)
+    with pytest.raises(LocalProtocolError):
+        response_reader.start_next_message()  # the final response is still owed
+
+
+def test_readers_are_freed_without_the_cyclic_gc() -> None:
+    gc.disable()
+    try:
+        for cls in (RequestReader, ResponseReader):
+            reader = cls()
+            reader.feed(GET)
+            ref = weakref.ref(reader)
+            del reader
+            assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_chunk_size_line_is_bounded() -> None:
+    raw = CHUNKED + b"5;" + b"x" * 2000
+    assert "chunk size line too long" in reject(RequestReader(max_head_bytes=1024), raw)
 
 
 # --- valid requests -----------------------------------------------------------------------
