@@ -250,11 +250,12 @@ class BlobWriter:
     the temp path itself is gone then: late readers use :meth:`Store.blob_path` of the ref.
     """
 
-    __slots__ = ("_blob_root", "_fd", "_hash", "_state", "path", "size")
+    __slots__ = ("_blob_root", "_fd", "_hash", "_hashed", "_state", "path", "size")
 
     def __init__(self, tmp_dir: str, blob_root: str) -> None:
         self._blob_root = blob_root
         self._hash = hashlib.sha256()
+        self._hashed = 0  # bytes [0, _hashed) are in _hash; the rest is hashed from the file
         self._state = "open"
         self.size = 0
         self.path = os.path.join(tmp_dir, secrets.token_hex(12) + ".part")
@@ -281,9 +282,37 @@ class BlobWriter:
             raise StoreError(f"blob writer is {self._state}")
         return self._fd
 
+    def account_written(self, n: int) -> None:
+        """Count ``n`` bytes the caller appended to :meth:`fileno` itself (``os.splice``).
+
+        They never pass through this process's memory, so they are hashed from the file at
+        :meth:`commit`, in the committing (worker) thread.
+        """
+        if self._state != "open":
+            raise StoreError(f"blob writer is {self._state}")
+        self.size += n
+
+    def _catch_up_hash(self) -> None:
+        if self._hashed == self.size:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise StoreError(f"cannot reopen temp blob {self.path}: {e}") from e
+        try:
+            while self._hashed < self.size:
+                chunk = os.pread(fd, min(4 << 20, self.size - self._hashed), self._hashed)
+                if not chunk:
+                    raise StoreError(f"temp blob {self.path} is shorter than written")
+                self._hash.update(chunk)
+                self._hashed += len(chunk)
+        finally:
+            os.close(fd)
+
     def write(self, data: bytes | memoryview) -> None:
         if self._state != "open":
             raise StoreError(f"blob writer is {self._state}")
+        self._catch_up_hash()
         with memoryview(data) as mv, mv.cast("B") as view:
             pos, total = 0, len(view)
             while pos < total:
@@ -296,6 +325,7 @@ class BlobWriter:
                 self._hash.update(view[pos : pos + n])
                 pos += n
                 self.size += n
+                self._hashed += n
 
     def commit(self, *, fsync: bool = True) -> BlobRef:
         """Make the blob permanent under its digest; does not touch the index.
@@ -306,6 +336,11 @@ class BlobWriter:
         """
         if self._state != "open":
             raise StoreError(f"blob writer is {self._state}")
+        try:
+            self._catch_up_hash()
+        except StoreError:
+            self.abort()
+            raise
         ref = BlobRef(self._hash.hexdigest(), self.size)
         final = _blob_path(self._blob_root, ref.digest)
         shard = os.path.dirname(final)

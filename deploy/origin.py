@@ -6,7 +6,8 @@ per-path response headers and a request log.
 Files are served from DIR by :class:`http.server.SimpleHTTPRequestHandler` (so Last-Modified
 and If-Modified-Since work as the standard library does them). ``DIR/.headers.json`` maps a
 URL path to extra response headers (``{"/a.bin": {"Cache-Control": "max-age=60"}}``); the
-special header ``X-Origin-Status`` replaces the status code. It is re-read on every request,
+special header ``X-Origin-Status`` replaces the status code and ``X-Origin-Truncate: N``
+makes the origin close the connection after N body bytes. It is re-read on every request,
 so a test can change an object's headers between fetches. Every request is appended to the
 log as one JSON line: method, path, status, body bytes sent, request headers.
 """
@@ -49,7 +50,14 @@ class OriginHandler(SimpleHTTPRequestHandler):
                 self.send_header(name, value)
 
     def copyfile(self, source: Any, outputfile: Any) -> None:
+        # X-Origin-Truncate: N plays an origin that dies after N body bytes.
+        limit = int(self._extra().get("X-Origin-Truncate", -1))
         while chunk := source.read(256 * 1024):
+            if 0 <= limit < self._sent + len(chunk):
+                outputfile.write(chunk[: limit - self._sent])
+                self._sent = limit
+                self.close_connection = True
+                return
             outputfile.write(chunk)
             self._sent += len(chunk)
 

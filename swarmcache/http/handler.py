@@ -48,6 +48,7 @@ from swarmcache.http.responses import (
     plan_hit,
 )
 from swarmcache.http.server import ClientConnection
+from swarmcache.http.splice import splice_into
 from swarmcache.http.target import Target, blocked_destination, resolve_target, variant_key
 from swarmcache.http.tunnel import relay_both_ways
 from swarmcache.http.upstream import UpstreamConnection, UpstreamError
@@ -69,6 +70,10 @@ _FILL_DROPPED = frozenset(
         b"if-unmodified-since",
     }
 )
+
+
+# Bodies of known length at least this big are spliced (no copy through Python).
+_SPLICE_MIN_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -626,13 +631,17 @@ class CacheHandler:
         """Copy the upstream body into the blob, then index it: the only writer of a fill."""
         loop = asyncio.get_running_loop()
         try:
-            while True:
-                event = await upstream.next_event()
-                if isinstance(event, Data):
-                    writer.write(event.data)
-                    fill.grow(writer.size)
-                elif isinstance(event, EndOfMessage):
-                    break
+            length = fill.head.length
+            if length is not None and length >= _SPLICE_MIN_BYTES:
+                await self._move_spliced(upstream, writer, fill, length)
+            else:
+                while True:
+                    event = await upstream.next_event()
+                    if isinstance(event, Data):
+                        writer.write(event.data)
+                        fill.grow(writer.size)
+                    elif isinstance(event, EndOfMessage):
+                        break
             if fill.head.length is not None and writer.size != fill.head.length:
                 raise UpstreamError("origin body shorter than its Content-Length")
             ref = await loop.run_in_executor(
@@ -679,6 +688,31 @@ class CacheHandler:
             self.metrics.upstream_bytes.inc(upstream.received_bytes)
             ex.upstream = upstream.received_bytes
             upstream.close()
+
+    async def _move_spliced(
+        self, upstream: UpstreamConnection, writer: BlobWriter, fill: Fill, length: int
+    ) -> None:
+        """Large bodies of known length: socket → pipe → blob file, all in the kernel."""
+        buffered, sock_fd = upstream.detach_body()
+        try:
+            if buffered:
+                writer.write(buffered[:length])
+                fill.grow(writer.size)
+
+            def landed(n: int) -> None:
+                writer.account_written(n)
+                upstream.received_bytes += n
+                fill.grow(writer.size)
+
+            await splice_into(
+                sock_fd,
+                writer.fileno(),
+                length - writer.size,
+                on_progress=landed,
+                idle_timeout=self.config.http.upstream_idle_timeout,
+            )
+        finally:
+            os.close(sock_fd)
 
     async def _stream_fill(
         self,

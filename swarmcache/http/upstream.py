@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import socket
 from collections.abc import Iterable
 
@@ -174,6 +175,22 @@ class UpstreamConnection:
                 raise UpstreamError(f"origin connection failed: {self._protocol.error}")
             self.received_bytes += len(data)
             self._reader.feed(data)
+
+    def detach_body(self) -> tuple[bytes, int]:
+        """Stop reading through asyncio and hand the body over to the caller's own splicing.
+
+        Returns the body bytes already received past the head and a duplicate of the socket
+        descriptor (asyncio refuses a second reader on the transport's own descriptor). The
+        caller owns and closes the duplicate; :meth:`close` still closes the connection.
+        """
+        self._transport.pause_reading()
+        pending = b"".join(self._protocol.chunks)
+        self.received_bytes += len(pending)
+        buffered = self._reader.take_buffered() + pending
+        self._protocol.chunks.clear()
+        self._protocol.buffered = 0
+        sock = self._transport.get_extra_info("socket")
+        return buffered, os.dup(sock.fileno())
 
     def take_buffered(self) -> bytes:
         return self._reader.take_buffered()

@@ -273,3 +273,20 @@ def test_client_outside_subscriber_prefixes_is_not_intercepted(gateway: Gateway)
     for _ in range(2):
         fetch = gateway.curl(url, ns=gateway.tb.gw)
         assert "x-cache" not in fetch.headers
+
+
+@pytest.mark.parametrize("size", [200_000, 8 << 20])  # read through Python / spliced
+def test_an_origin_that_dies_mid_body_leaves_nothing_in_the_cache(
+    gateway: Gateway, size: int
+) -> None:
+    body = random_bytes(size)
+    url = gateway.put(
+        "cut.bin", body, {"Cache-Control": "max-age=600", "X-Origin-Truncate": str(size // 2)}
+    )
+    cut = gateway.tb.run(gateway.tb.sub, "curl", "-s", "-o", "/dev/null", url, check=False)
+    assert cut.returncode != 0  # the client sees a truncated transfer, not a complete one
+    gateway.set_headers("/cut.bin", {"Cache-Control": "max-age=600"})
+    whole = gateway.curl(url)
+    assert whole.x_cache == "MISS" and whole.body == body
+    assert gateway.curl(url).body == body
+    assert len(gateway.origin_requests("/cut.bin")) == 2

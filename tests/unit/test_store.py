@@ -656,3 +656,26 @@ def test_corrupt_index_record_raises_store_error(store: Store) -> None:
         txn.put(b"kk", b"\x01garbage")
     with pytest.raises(StoreError):
         store.get(b"k")
+
+
+def test_spliced_bytes_are_hashed_from_the_file_at_commit(store: Store) -> None:
+    """Bytes appended behind the writer's back (os.splice) still get the right digest."""
+    head, middle, tail = os.urandom(1000), os.urandom(300_000), os.urandom(77)
+    writer = store.begin_blob()
+    writer.write(head)
+    os.write(writer.fileno(), middle)
+    writer.account_written(len(middle))
+    writer.write(tail)
+    ref = writer.commit(fsync=False)
+    body = head + middle + tail
+    assert ref.digest == hashlib.sha256(body).hexdigest()
+    assert ref.size == len(body)
+
+
+def test_a_spliced_blob_shorter_than_accounted_is_refused(store: Store) -> None:
+    writer = store.begin_blob()
+    writer.write(b"abc")
+    writer.account_written(10)  # claims bytes that never reached the file
+    with pytest.raises(StoreError, match="shorter than written"):
+        writer.commit(fsync=False)
+    assert not os.path.exists(writer.path)
