@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import time
+import typing
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 
@@ -72,6 +73,21 @@ _FILL_DROPPED = frozenset(
 )
 
 
+class _StoredHead(typing.Protocol):
+    """What a response head needs of a stored object or of a fill under way."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def reason(self) -> bytes: ...
+    @property
+    def headers(self) -> tuple[tuple[bytes, bytes], ...]: ...
+    @property
+    def request_time(self) -> float: ...
+    @property
+    def response_time(self) -> float: ...
+
+
 # Bodies of known length at least this big are spliced (no copy through Python).
 _SPLICE_MIN_BYTES = 1 << 20
 
@@ -87,6 +103,10 @@ class _Exchange:
     status: int = 0
     upstream: int = 0
     sent_before: int = 0
+    fill_started: bool = False
+    # The connection of a fill this request started: its byte count is read when the
+    # request is logged (the fill itself may go on a little longer).
+    upstream_conn: UpstreamConnection | None = None
 
 
 @dataclass(slots=True)
@@ -190,6 +210,8 @@ class CacheHandler:
     # --- bookkeeping ------------------------------------------------------------------
     def _finish(self, conn: ClientConnection, ex: _Exchange) -> None:
         sent = conn.sent_bytes - ex.sent_before
+        if ex.upstream_conn is not None:
+            ex.upstream = ex.upstream_conn.received_bytes
         self._requests[ex.result].inc()
         self._served[ex.result].inc(sent)
         self.access_log.record(
@@ -301,7 +323,7 @@ class CacheHandler:
     def _hit_head(
         self,
         request: Request,
-        meta: ObjectMeta,
+        meta: _StoredHead,
         plan: HitPlan,
         now: float,
         cache_status: bytes,
@@ -423,7 +445,7 @@ class CacheHandler:
             self.store.touch(key, now)
             conn.write(head)
             if request.method != b"HEAD" and plan.ranges:
-                await self._send_ranges(conn, fd, meta, plan)
+                await self._send_ranges(conn, fd, meta, meta.blob.size, plan)
             self.metrics.saved_bytes.inc(sum(e - s + 1 for s, e in plan.ranges))
             self._finish(conn, ex)
             return keep_alive
@@ -431,17 +453,15 @@ class CacheHandler:
             os.close(fd)
 
     async def _send_ranges(
-        self, conn: ClientConnection, fd: int, meta: ObjectMeta, plan: HitPlan
+        self, conn: ClientConnection, fd: int, stored: _StoredHead, size: int, plan: HitPlan
     ) -> None:
         with open(fd, "rb", buffering=0, closefd=False) as file:
             if not plan.multipart_boundary:
                 start, end = plan.ranges[0]
                 await self._send_file(conn, file, start, end - start + 1)
                 return
-            content_type = next((v for n, v in meta.headers if n == b"content-type"), None)
-            parts = multipart_parts(
-                plan.multipart_boundary, content_type, plan.ranges, meta.blob.size
-            )
+            content_type = next((v for n, v in stored.headers if n == b"content-type"), None)
+            parts = multipart_parts(plan.multipart_boundary, content_type, plan.ranges, size)
             for part, (start, end) in zip(parts, plan.ranges, strict=False):
                 conn.write(part)
                 await self._send_file(conn, file, start, end - start + 1)
@@ -509,7 +529,9 @@ class CacheHandler:
         try:
             return await self._fetch_inner(conn, ex, stale, pending)
         finally:
-            if pending is not None:
+            # A fill's pump ends the entry itself once the object is indexed, so requests that
+            # arrive between the last byte and the index update do not fetch it again.
+            if pending is not None and not ex.fill_started:
                 self.coalescer.end(ex.target.key, pending)
 
     async def _fetch_inner(
@@ -570,8 +592,10 @@ class CacheHandler:
             if pending is not None:
                 pending.publish(fill)
             fill_handed_off = True
+            ex.fill_started = True
+            ex.upstream_conn = upstream
             self._spawn(
-                self._pump(upstream, writer, fill, ex.target, request, ex),
+                self._pump(upstream, writer, fill, ex.target, pending),
                 name=f"fill {ex.target.url[:80]!r}",
             )
             ex.result = "miss"
@@ -625,8 +649,7 @@ class CacheHandler:
         writer: BlobWriter,
         fill: Fill,
         target: Target,
-        request: Request,
-        ex: _Exchange,
+        pending: PendingFetch | None,
     ) -> None:
         """Copy the upstream body into the blob, then index it: the only writer of a fill."""
         loop = asyncio.get_running_loop()
@@ -686,8 +709,9 @@ class CacheHandler:
             raise
         finally:
             self.metrics.upstream_bytes.inc(upstream.received_bytes)
-            ex.upstream = upstream.received_bytes
             upstream.close()
+            if pending is not None:
+                self.coalescer.end(target.key, pending)
 
     async def _move_spliced(
         self, upstream: UpstreamConnection, writer: BlobWriter, fill: Fill, length: int
@@ -727,6 +751,10 @@ class CacheHandler:
         """Send a growing body to one client, from its own offset, at its own pace."""
         request = ex.request
         head = fill.head
+        if head.length is not None and _has_conditionals(request):
+            plan = plan_hit(request, head.status, head.headers, head.length)
+            if plan.status != head.status:
+                return await self._answer_from_fill(conn, ex, fill, fd, plan, cache_status)
         chunked = head.length is None and request.version == b"1.1"
         keep_alive = request.keep_alive and (head.length is not None or chunked)
         extra: list[Header] = []
@@ -779,6 +807,36 @@ class CacheHandler:
                 conn.write(LAST_CHUNK)
         if coalesced:
             self.metrics.saved_bytes.inc(offset)
+        self._finish(conn, ex)
+        return keep_alive
+
+    async def _answer_from_fill(
+        self,
+        conn: ClientConnection,
+        ex: _Exchange,
+        fill: Fill,
+        fd: int,
+        plan: HitPlan,
+        cache_status: bytes,
+    ) -> bool:
+        """A 206/304/412/416 for a body still being fetched: wait for the bytes it needs."""
+        request = ex.request
+        keep_alive = request.keep_alive
+        needed = max((end for _, end in plan.ranges), default=-1)
+        with open(fd, "rb", buffering=0) as file:
+            try:
+                while fill.size <= needed and not fill.done:
+                    await fill.wait_past(fill.size)
+            except FillAborted:
+                conn.abort()
+                self._finish(conn, ex)
+                return False
+            head = self._hit_head(request, fill.head, plan, time.time(), cache_status, keep_alive)
+            conn.write(head)
+            ex.status = plan.status
+            if request.method != b"HEAD" and plan.ranges:
+                assert fill.head.length is not None
+                await self._send_ranges(conn, file.fileno(), fill.head, fill.head.length, plan)
         self._finish(conn, ex)
         return keep_alive
 

@@ -290,3 +290,16 @@ def test_an_origin_that_dies_mid_body_leaves_nothing_in_the_cache(
     assert whole.x_cache == "MISS" and whole.body == body
     assert gateway.curl(url).body == body
     assert len(gateway.origin_requests("/cut.bin")) == 2
+
+
+def test_a_range_request_on_a_cold_object_gets_its_bytes_and_fills_the_cache(
+    gateway: Gateway,
+) -> None:
+    body = random_bytes(3 << 20)
+    url = gateway.put("cold-range.bin", body, {"Cache-Control": "max-age=600"})
+    part = gateway.curl(url, "-H", "Range: bytes=2000000-2000099")
+    assert part.status == 206 and part.body == body[2000000:2000100]
+    whole = gateway.curl(url)
+    assert whole.x_cache == "HIT" and whole.body == body
+    requests = gateway.origin_requests("/cold-range.bin")
+    assert len(requests) == 1 and "range" not in requests[0]["headers"]
