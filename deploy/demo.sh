@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 [ "${SKIP_INSTALL:-0}" = 1 ] || ./deploy/install-deps.sh
 size_mib=${DEMO_MIB:-64}
-prefix="dm$(tr -dc 'a-z0-9' </dev/urandom | head -c 4)"
+prefix="dm$(printf "%04x" $((RANDOM % 65536)))"
 work=$(mktemp -d /tmp/swarmcache-demo.XXXXXX)
 SUB="ip netns exec ${prefix}sub"; GW="ip netns exec ${prefix}gw"; NET="ip netns exec ${prefix}net"
 cleanup() {
@@ -40,7 +40,7 @@ fetch() { # n
   $SUB curl -s -D "$work/h$1" -o "$work/got$1" -w '%{time_total} %{size_download}' \
     http://10.77.2.2/video.bin > "$work/w$1"
   after=$(uplink_bytes)
-  read -r t n < "$work/w$1"
+  read -r t n < "$work/w$1" || true  # curl -w writes no newline
   printf 'fetch %d: %-4s %s bytes in %6.3f s (%7.1f MB/s); uplink carried %s bytes\n' "$1" \
     "$(grep -i '^x-cache:' "$work/h$1" | tr -d '\r' | cut -d' ' -f2)" "$n" "$t" \
     "$(python3 -c "print($n/1e6/max($t,1e-9))")" "$((after - before))"
@@ -54,7 +54,7 @@ for i in 1 2; do
   [ "$got" = "$want" ] && echo "fetch $i: sha256 matches the origin's file" \
     || { echo "fetch $i: sha256 MISMATCH"; exit 1; }
 done
-echo "origin saw $(grep -c '"GET"' "$work/origin.log") GET request(s)"
+echo "origin saw $(grep -c '"path": "/video.bin"' "$work/origin.log") request(s) for /video.bin"
 echo "== access log"; sleep 1.2; cat "$work/access.log"
 echo "== metrics"
-$GW curl -s http://127.0.0.1:9480/metrics | grep -E '^swarmcache_(http_requests_total|http_saved_bytes_total|http_upstream_bytes_total|store_)' | grep -v ' 0.0$'
+$GW curl -s http://127.0.0.1:9480/metrics | grep -E '^swarmcache_(http_requests_total|http_saved_bytes_total|http_upstream_bytes_total|store_)' | grep -v -e ' 0.0$' -e '_created'

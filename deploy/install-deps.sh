@@ -19,4 +19,4 @@ fi
 if pgrep -x nginx >/dev/null 2>&1 && [ -f /run/nginx.pid ]; then
   nginx -s stop 2>/dev/null || true
 fi
-python3 -m pip install -q --disable-pip-version-check -e "$here[test]"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e "$here[test]"
