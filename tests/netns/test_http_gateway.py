@@ -303,3 +303,52 @@ def test_a_range_request_on_a_cold_object_gets_its_bytes_and_fills_the_cache(
     assert whole.x_cache == "HIT" and whole.body == body
     requests = gateway.origin_requests("/cold-range.bin")
     assert len(requests) == 1 and "range" not in requests[0]["headers"]
+
+
+def test_vary_selects_the_variant_for_each_client(gateway: Gateway) -> None:
+    url = gateway.put(
+        "lang.txt", b"english\n", {"Cache-Control": "max-age=600", "Vary": "Accept-Language"}
+    )
+    assert gateway.curl(url, "-H", "Accept-Language: en").body == b"english\n"
+    gateway.put(
+        "lang.txt", b"deutsch\n", {"Cache-Control": "max-age=600", "Vary": "Accept-Language"}
+    )
+    german = gateway.curl(url, "-H", "Accept-Language: de")
+    assert german.body == b"deutsch\n" and german.x_cache == "MISS"
+    english = gateway.curl(url, "-H", "Accept-Language:   en")
+    assert english.body == b"english\n" and english.x_cache == "HIT"
+    assert gateway.curl(url, "-H", "Accept-Language: de").x_cache == "HIT"
+    assert len(gateway.origin_requests("/lang.txt")) == 2
+
+
+def test_unknown_methods_are_passed_through(gateway: Gateway) -> None:
+    url = gateway.put("dav", b"x", {"Cache-Control": "max-age=600"})
+    reply = gateway.curl(url, "-X", "PROPFIND")
+    # http.server answers methods it does not implement with 501: the origin's own answer.
+    assert reply.status == 501
+    assert "swarmcache" in reply.headers.get("via", "")
+    assert [r["method"] for r in gateway.origin_requests("/dav")] == ["PROPFIND"]
+
+
+def test_uncacheable_responses_are_not_coalesced(gateway: Gateway) -> None:
+    url = gateway.put("live.json", random_bytes(2 << 20), {"Cache-Control": "no-store"})
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        fetches = list(pool.map(lambda _: gateway.curl(url), range(5)))
+    assert all(f.status == 200 and f.x_cache == "MISS" for f in fetches)
+    assert len(gateway.origin_requests("/live.json")) == 5
+
+
+def test_a_slow_reader_does_not_slow_the_others(gateway: Gateway) -> None:
+    body = random_bytes(40 << 20)
+    url = gateway.put("shared.bin", body, {"Cache-Control": "max-age=600"})
+    slow = gateway.tb.popen(
+        gateway.tb.sub, "curl", "-s", "--limit-rate", "1M", "-o", "/dev/null", url
+    )
+    time.sleep(0.5)  # let the slow client start the fill and attach to it
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        fast = list(pool.map(lambda _: gateway.curl(url, timeout=60), range(3)))
+    # 40 MiB at 1 MiB/s takes the slow client ~40 s; the others are already done.
+    assert slow.poll() is None
+    assert all(f.body == body for f in fast)
+    assert len(gateway.origin_requests("/shared.bin")) == 1
+    slow.kill()
