@@ -15,6 +15,7 @@ log as one JSON line: method, path, status, body bytes sent, request headers.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -63,8 +64,8 @@ class OriginHandler(SimpleHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
-        self.rfile.read(length)
-        body = b"posted\n"
+        digest = hashlib.sha256(self.rfile.read(length)).hexdigest()
+        body = f"posted {length} {digest}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -909,6 +909,13 @@ class CacheHandler:
             if upgrade is not None:
                 fields = [(n, v) for n, v in fields if n != b"connection"]
                 fields += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
+            expect = request.get(b"expect")
+            if expect is not None:
+                # We read the body ourselves and forward it whole: tell the client to send it
+                # now rather than after its own timeout.
+                fields = [(n, v) for n, v in fields if n != b"expect"]
+                if expect.lower() == b"100-continue":
+                    conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await upstream.send_head(request.method, ex.target.path, fields)
             if request.get(b"content-length") or request.get(b"transfer-encoding"):
                 chunked = request.get(b"transfer-encoding") is not None

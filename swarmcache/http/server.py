@@ -39,6 +39,7 @@ __all__ = ["ClientConnection", "ConnectionLimits", "RequestHandler", "ServerCont
 log = logging.getLogger("swarmcache.http")
 
 _CORK_MIN_BYTES = 1 << 20
+_MAX_UNREAD_BYTES = 1 << 20
 
 
 class RequestHandler(Protocol):
@@ -123,6 +124,7 @@ class ClientConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._read_paused = False
+        self._unread = 0
         self._last_active = 0.0
 
     # --- asyncio.Protocol -------------------------------------------------------------
@@ -174,13 +176,24 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._raw is not None:
             self._raw.append(data)
+            self._unread += len(data)
+            self._pause_if_full()
             self._wake_data()
             return
         self._reader.feed(data)
         if self._busy:
+            # A request body (or pipelined requests) arriving faster than the handler moves
+            # it on: stop reading so the client's TCP window, not our memory, absorbs it.
+            self._unread += len(data)
+            self._pause_if_full()
             self._wake_data()
             return
         self._advance()
+
+    def _pause_if_full(self) -> None:
+        if self._unread > _MAX_UNREAD_BYTES and not self._read_paused and self.transport:
+            self._read_paused = True
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         if self._raw is not None:
@@ -252,6 +265,7 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self._task = None
         self._busy = False
+        self._resume_read()
         if self._finish_request(keep_alive):
             self._advance()
 
@@ -398,6 +412,7 @@ class ClientConnection(asyncio.Protocol):
                 raise RemoteProtocolError("request body expected")
             if self._reader.eof or self._closed:
                 raise ConnectionResetError("client closed during the request body")
+            self._resume_read()
             await self._wait_data()
 
     async def _wait_data(self) -> None:
@@ -409,6 +424,7 @@ class ClientConnection(asyncio.Protocol):
             self._data_waiter.set_result(None)
 
     def _resume_read(self) -> None:
+        self._unread = 0
         if self._read_paused and self.transport is not None:
             self._read_paused = False
             self.transport.resume_reading()
@@ -423,8 +439,12 @@ class ClientConnection(asyncio.Protocol):
         while not self._raw:
             if self._raw_eof or self._closed:
                 return b""
+            self._resume_read()
             await self._wait_data()
-        return self._raw.popleft()
+        data = self._raw.popleft()
+        if not self._raw:
+            self._resume_read()
+        return data
 
     def write_eof(self) -> None:
         if self.transport is not None and not self._closed and self.transport.can_write_eof():

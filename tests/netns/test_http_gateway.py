@@ -157,7 +157,7 @@ def test_post_is_passed_through_and_invalidates(gateway: Gateway) -> None:
     assert gateway.curl(url).x_cache == "MISS"
     assert gateway.curl(url).x_cache == "HIT"
     posted = gateway.curl(url, "--data-binary", "a=1")
-    assert posted.body == b"posted\n"
+    assert posted.body == f"posted 3 {hashlib.sha256(b'a=1').hexdigest()}\n".encode()
     after = gateway.curl(url)
     assert after.x_cache == "MISS"
     methods = [r["method"] for r in gateway.origin_requests("/form")]
@@ -352,3 +352,12 @@ def test_a_slow_reader_does_not_slow_the_others(gateway: Gateway) -> None:
     assert all(f.body == body for f in fast)
     assert len(gateway.origin_requests("/shared.bin")) == 1
     slow.kill()
+
+
+def test_a_large_upload_reaches_the_origin_intact(gateway: Gateway, tmp_path: Path) -> None:
+    upload = random_bytes(24 << 20)
+    path = tmp_path / "upload.bin"
+    path.write_bytes(upload)
+    url = gateway.put("upload", b"", {})
+    reply = gateway.curl(url, "--data-binary", f"@{path}")  # curl sends Expect: 100-continue
+    assert reply.body == f"posted {len(upload)} {hashlib.sha256(upload).hexdigest()}\n".encode()
