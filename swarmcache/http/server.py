@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from typing import IO, Protocol
 
@@ -129,8 +130,8 @@ class ClientConnection(asyncio.Protocol):
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = typing.cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.client_ip, self.client_port = str(peer[0]), int(peer[1])
         local = transport.get_extra_info("sockname") or ("", 0)

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import os
 import socket
+import typing
 from collections.abc import Iterable
 
 from swarmcache.http.parser import (
@@ -47,8 +48,8 @@ class _UpstreamProtocol(asyncio.Protocol):
         self._write_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = typing.cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
