@@ -121,6 +121,9 @@ class _Hot:
     meta: ObjectMeta
     body: bytes
     prefix: bytes
+    fresh_until: float  # when a request without directives stops being a fresh hit
+    since: float  # when age_at was computed
+    age_at: float
 
 
 class _HotObjects:
@@ -259,25 +262,18 @@ class CacheHandler:
         request = ex.request
         meta = hot.meta
         now = time.time()
-        freshness = policy.evaluate_freshness(
-            meta.status,
-            meta.headers,
-            policy.request_directives(request.headers),
-            request_time=meta.request_time,
-            response_time=meta.response_time,
-            now=now,
-        )
-        if freshness is not policy.Freshness.FRESH:
-            return None
         keep_alive = request.keep_alive
-        plain = request.version == b"1.1" and keep_alive and not _has_conditionals(request)
+        plain = (
+            request.version == b"1.1"
+            and keep_alive
+            and _SLOW_PATH_FIELDS.isdisjoint(name for name, _ in request.headers)
+        )
         if plain:
-            age = policy.current_age(
-                meta.headers,
-                request_time=meta.request_time,
-                response_time=meta.response_time,
-                now=now,
-            )
+            # No request directives: freshness and Age are linear in time, computed once
+            # when the object became hot (same RFC 9111 functions, evaluated in advance).
+            if now >= hot.fresh_until:
+                return None
+            age = hot.age_at + (now - hot.since)
             head = b"%sage: %s\r\ncontent-length: %d\r\n\r\n" % (
                 hot.prefix,
                 policy.age_header_value(age),
@@ -287,6 +283,16 @@ class CacheHandler:
             body_sent = 0 if request.method == b"HEAD" else len(hot.body)
             ex.status = meta.status
         else:
+            freshness = policy.evaluate_freshness(
+                meta.status,
+                meta.headers,
+                policy.request_directives(request.headers),
+                request_time=meta.request_time,
+                response_time=meta.response_time,
+                now=now,
+            )
+            if freshness is not policy.Freshness.FRESH:
+                return None
             plan = plan_hit(request, meta.status, meta.headers, meta.blob.size)
             if plan.multipart_boundary:
                 return None
@@ -318,7 +324,17 @@ class CacheHandler:
             keep_alive=True,
         )
         prefix = serialize_response_head(meta.status, meta.reason, fields)[:-2]
-        self.hot.put(key, _Hot(meta, body, prefix))
+        now = time.time()
+        times = {"request_time": meta.request_time, "response_time": meta.response_time}
+        age = policy.current_age(meta.headers, now=now, **times)
+        fresh = policy.evaluate_freshness(
+            meta.status, meta.headers, policy.RequestDirectives(), now=now, **times
+        )
+        lifetime = policy.freshness_lifetime(
+            meta.status, meta.headers, date_fallback=meta.response_time
+        )
+        fresh_until = now + lifetime - age if fresh is policy.Freshness.FRESH else 0.0
+        self.hot.put(key, _Hot(meta, body, prefix, fresh_until, now, age))
 
     def _hit_head(
         self,
@@ -1038,6 +1054,19 @@ def _connect_authority(request: Request) -> tuple[str, int]:
     return host, port
 
 
+# Request fields that need the full rules on a hit (directives, conditionals, ranges).
+_SLOW_PATH_FIELDS = frozenset(
+    {
+        b"cache-control",
+        b"pragma",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-match",
+        b"if-unmodified-since",
+        b"if-range",
+        b"range",
+    }
+)
 _CONDITIONALS = frozenset(
     {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"range"}
 )
