@@ -7,7 +7,8 @@ Files are served from DIR by :class:`http.server.SimpleHTTPRequestHandler` (so L
 and If-Modified-Since work as the standard library does them). ``DIR/.headers.json`` maps a
 URL path to extra response headers (``{"/a.bin": {"Cache-Control": "max-age=60"}}``); the
 special header ``X-Origin-Status`` replaces the status code and ``X-Origin-Truncate: N``
-makes the origin close the connection after N body bytes. It is re-read on every request,
+makes the origin close the connection after N body bytes; ``X-Origin-No-Length`` drops
+Content-Length, so the body is delimited by the connection's close. It is re-read on every request,
 so a test can change an object's headers between fetches. Every request is appended to the
 log as one JSON line: method, path, status, body bytes sent, request headers.
 """
@@ -49,6 +50,13 @@ class OriginHandler(SimpleHTTPRequestHandler):
         for name, value in extra.items():
             if name != "X-Origin-Status":
                 self.send_header(name, value)
+
+    def send_header(self, keyword: str, value: str) -> None:
+        # X-Origin-No-Length plays an origin that sends a close-delimited body.
+        if keyword.lower() == "content-length" and "X-Origin-No-Length" in self._extra():
+            self.close_connection = True
+            return
+        super().send_header(keyword, value)
 
     def copyfile(self, source: Any, outputfile: Any) -> None:
         # X-Origin-Truncate: N plays an origin that dies after N body bytes.

@@ -345,14 +345,7 @@ class CacheHandler:
         cache_status: bytes,
         keep_alive: bool,
     ) -> bytes:
-        age = policy.age_header_value(
-            policy.current_age(
-                meta.headers,
-                request_time=meta.request_time,
-                response_time=meta.response_time,
-                now=now,
-            )
-        )
+        age = _age_value(meta, now)
         if plan.status == 304:
             base: list[Header] = not_modified_headers(meta.headers)
         elif plan.status in (412, 416) or plan.multipart_boundary:
@@ -771,21 +764,10 @@ class CacheHandler:
             plan = plan_hit(request, head.status, head.headers, head.length)
             if plan.status != head.status:
                 return await self._answer_from_fill(conn, ex, fill, fd, plan, cache_status)
-        chunked = head.length is None and request.version == b"1.1"
-        keep_alive = request.keep_alive and (head.length is not None or chunked)
-        extra: list[Header] = []
-        if head.length is not None:
-            extra.append((b"content-length", str(head.length).encode()))
-        elif chunked and request.method != b"HEAD":
-            extra.append((b"transfer-encoding", b"chunked"))
-        age = policy.age_header_value(
-            policy.current_age(
-                head.headers,
-                request_time=head.request_time,
-                response_time=head.response_time,
-                now=time.time(),
-            )
-        )
+        chunked, keep_alive, extra = _framing(request, head.length, has_body=True)
+        if request.method == b"HEAD":
+            extra = [f for f in extra if f[0] != b"transfer-encoding"]
+        age = _age_value(head, time.time())
         fields = annotate(
             head.headers,
             via=self.via,
@@ -974,13 +956,7 @@ class CacheHandler:
             and response.status not in (204, 304)
             and (response.status >= 200)
         )
-        chunked = has_body and length is None and request.version == b"1.1"
-        keep_alive = request.keep_alive and (not has_body or length is not None or chunked)
-        extra: list[Header] = []
-        if length is not None:
-            extra.append((b"content-length", str(length).encode()))
-        elif chunked:
-            extra.append((b"transfer-encoding", b"chunked"))
+        chunked, keep_alive, extra = _framing(request, length, has_body=has_body)
         fields = annotate(
             policy.strip_hop_by_hop(response.headers),
             via=self.via,
@@ -1043,6 +1019,31 @@ class CacheHandler:
         self.metrics.tunnel_bytes.inc(moved)
         self._finish(conn, ex)
         return False
+
+
+def _framing(
+    request: Request, length: int | None, *, has_body: bool
+) -> tuple[bool, bool, list[Header]]:
+    """How to frame a body for this client: (chunked, keep-alive, framing fields).
+
+    A body of unknown length goes chunked to HTTP/1.1 clients and close-delimited to 1.0.
+    """
+    chunked = has_body and length is None and request.version == b"1.1"
+    keep_alive = request.keep_alive and (not has_body or length is not None or chunked)
+    if length is not None:
+        return chunked, keep_alive, [(b"content-length", str(length).encode())]
+    return chunked, keep_alive, [(b"transfer-encoding", b"chunked")] if chunked else []
+
+
+def _age_value(stored: _StoredHead, now: float) -> bytes:
+    return policy.age_header_value(
+        policy.current_age(
+            stored.headers,
+            request_time=stored.request_time,
+            response_time=stored.response_time,
+            now=now,
+        )
+    )
 
 
 def _connect_authority(request: Request) -> tuple[str, int]:

@@ -361,3 +361,18 @@ def test_a_large_upload_reaches_the_origin_intact(gateway: Gateway, tmp_path: Pa
     url = gateway.put("upload", b"", {})
     reply = gateway.curl(url, "--data-binary", f"@{path}")  # curl sends Expect: 100-continue
     assert reply.body == f"posted {len(upload)} {hashlib.sha256(upload).hexdigest()}\n".encode()
+
+
+@pytest.mark.parametrize("size", [50_000, 3 << 20])
+def test_a_body_without_length_is_streamed_chunked_and_cached(gateway: Gateway, size: int) -> None:
+    body = random_bytes(size)
+    url = gateway.put(
+        "nolength.bin", body, {"Cache-Control": "max-age=600", "X-Origin-No-Length": "1"}
+    )
+    first = gateway.curl(url)
+    assert first.body == body and first.x_cache == "MISS"
+    assert first.headers.get("transfer-encoding") == "chunked"
+    second = gateway.curl(url)
+    assert second.body == body and second.x_cache == "HIT"
+    assert second.headers["content-length"] == str(size)
+    assert len(gateway.origin_requests("/nolength.bin")) == 1
