@@ -40,7 +40,13 @@ class FillHead:
 
 
 class Fill:
-    """A growing body. The writer calls :meth:`grow` / :meth:`finish` / :meth:`abort`."""
+    """A growing body. The writer calls :meth:`grow`, :meth:`complete`, then :meth:`finish`
+    (or :meth:`abort` at any point).
+
+    *Complete* (every body byte landed, the length checked) comes before *done* (hashed,
+    fsync'd, indexed) so readers end their responses as soon as the bytes are there: hashing
+    and syncing a large blob take longer than sending it, and no client should wait for them.
+    """
 
     def __init__(self, head: FillHead, path: str) -> None:
         self.head = head
@@ -48,6 +54,7 @@ class Fill:
         # reader that joins later duplicates this descriptor instead of reopening a path.
         self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.size = 0
+        self.complete = False
         self.done = False
         self.error: BaseException | None = None
         self._waiters: list[asyncio.Future[None]] = []
@@ -71,7 +78,13 @@ class Fill:
         self.size = new_size
         self._wake()
 
+    def mark_complete(self) -> None:
+        """Every body byte is in the file and the size is final; only the commit remains."""
+        self.complete = True
+        self._wake()
+
     def finish(self) -> None:
+        self.complete = True
         self.done = True
         self._close()
         self._wake()
@@ -91,12 +104,13 @@ class Fill:
         """Wait until more than ``offset`` bytes exist (or the fill ends); return the size.
 
         Raises :class:`FillAborted` once the upstream failed, even for bytes already written:
-        a truncated body must not look complete to a client.
+        a truncated body must not look complete to a client. A body that was complete stays
+        servable if only its commit failed: its bytes are all there and correct.
         """
         while True:
-            if self.error is not None:
+            if self.error is not None and not self.complete:
                 raise FillAborted(str(self.error))
-            if self.size > offset or self.done:
+            if self.size > offset or self.complete:
                 return self.size
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)

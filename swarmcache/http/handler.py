@@ -676,6 +676,7 @@ class CacheHandler:
                         break
             if fill.head.length is not None and writer.size != fill.head.length:
                 raise UpstreamError("origin body shorter than its Content-Length")
+            fill.mark_complete()
             ref = await loop.run_in_executor(
                 None, lambda: writer.commit(fsync=self.config.cache.fsync)
             )
@@ -795,7 +796,7 @@ class CacheHandler:
                         if chunked:
                             conn.write(b"\r\n")
                         offset = size
-                    elif fill.done:
+                    elif fill.complete:
                         break
             except FillAborted:
                 conn.abort()
@@ -823,7 +824,7 @@ class CacheHandler:
         needed = max((end for _, end in plan.ranges), default=-1)
         with open(fd, "rb", buffering=0) as file:
             try:
-                while fill.size <= needed and not fill.done:
+                while fill.size <= needed and not fill.complete:
                     await fill.wait_past(fill.size)
             except FillAborted:
                 conn.abort()
