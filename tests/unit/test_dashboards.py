@@ -1,0 +1,51 @@
+"""Every metric a Grafana panel queries is one the daemon really exports.
+
+A renamed metric would otherwise leave a panel silently empty; this catches it without a
+running Prometheus (a real-Prometheus check of the expressions belongs to the operations work).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from swarmcache.metrics import Metrics
+
+GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
+DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+_METRIC = re.compile(r"\bswarmcache_[a-z0-9_]+")
+
+
+def _exported_names() -> set[str]:
+    metrics = Metrics()
+    metrics.watch_store(lambda: (0, 0))
+    names = set()
+    for line in metrics.render().decode().splitlines():
+        if not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+def test_there_is_a_dashboard() -> None:
+    assert DASHBOARDS, "grafana/dashboards holds no dashboard"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_panel_queries_exported_metrics(path: Path) -> None:
+    dashboard = json.loads(path.read_text())
+    exported = _exported_names()
+    provisioned_uid = "swarmcache-prometheus"
+    assert provisioned_uid in (GRAFANA / "provisioning/datasources/swarmcache.yaml").read_text()
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == provisioned_uid, panel["title"]
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            used = set(_METRIC.findall(target["expr"]))
+            assert used, f"panel {panel['title']!r} queries no swarmcache metric"
+            unknown = used - exported
+            assert not unknown, f"panel {panel['title']!r} uses unexported {sorted(unknown)}"
