@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 import lmdb
 
@@ -541,6 +541,38 @@ class Store:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError("store is closed")
+
+    # --- sibling indexes (cache/torrents.py) -------------------------------------------------
+
+    def open_table(self, name: bytes, *, dupsort: bool = False) -> Any:
+        """Open (creating) a named LMDB table in this store's environment, for a sibling index."""
+        self._check_open()
+        try:
+            return self._env.open_db(name, dupsort=dupsort)
+        except lmdb.Error as e:
+            raise StoreError(f"cannot open table {name!r}: {e}") from e
+
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool = False, durable: bool = False) -> Iterator[Any]:
+        """An LMDB transaction for a sibling index; ``lmdb.Error`` becomes :class:`StoreError`.
+
+        A write transaction holds the writer lock, so the store keeps a single writer. With
+        ``durable`` the commit is followed by a full sync (see the metasync note in
+        ``__init__``): required before unlinking a file the transaction stopped referencing.
+        """
+        self._check_open()
+        try:
+            if not write:
+                with self._env.begin() as txn:
+                    yield txn
+                return
+            with self._wlock:
+                with self._env.begin(write=True) as txn:
+                    yield txn
+                if durable:
+                    self._env.sync(True)
+        except lmdb.Error as e:
+            raise StoreError(f"transaction failed: {e}") from e
 
     # --- blobs ------------------------------------------------------------------------------
 
