@@ -5,7 +5,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 apt_packages=(iptables nftables iproute2 libnetfilter-queue-dev python3-dev gcc curl
-              nginx-light wrk procps psmisc ca-certificates)
+              nginx-light wrk procps psmisc ca-certificates opentracker aria2)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
