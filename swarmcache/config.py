@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "AdminConfig",
+    "BittorrentConfig",
     "CacheConfig",
     "Config",
     "ConfigError",
@@ -163,6 +164,54 @@ class InterceptConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BittorrentConfig:
+    enabled: bool = True
+    # The seeder local peers connect to; in production the box's subscriber-side address.
+    listen: str = "0.0.0.0:6881"
+    # A local tracker (BEP 22 style) that names the box; "" disables it.
+    tracker_listen: str = ""
+    # Port announced to outside trackers (the box does not upload to outside peers).
+    announce_port: int = 6881
+    max_peers_per_torrent: int = 50
+    # Bytes per second from outside peers; 0 = unlimited.
+    download_rate_limit: int = 0
+    torrent_rate_limit: int = 0
+    # Seconds of data kept in flight per peer (libtorrent's request_queue_time).
+    request_queue_time: float = 3.0
+    max_request_queue: int = 500
+    request_timeout: float = 20.0
+    # How often verified pieces are made durable (fdatasync, then the bitfield).
+    commit_interval: float = 5.0
+    hashing_threads: int = 2
+    # Source address for connections to outside peers; "" lets the kernel choose.
+    bind: str = ""
+
+    def validate(self) -> None:
+        parse_hostport(self.listen, key="bittorrent.listen")
+        _hostport_or_empty(self.tracker_listen, "bittorrent.tracker_listen")
+        if not 1 <= self.announce_port <= 65535:
+            raise ConfigError("bittorrent.announce_port: must be 1-65535")
+        for name in (
+            "max_peers_per_torrent",
+            "request_queue_time",
+            "max_request_queue",
+            "request_timeout",
+            "commit_interval",
+            "hashing_threads",
+        ):
+            _positive(getattr(self, name), f"bittorrent.{name}")
+        for name in ("download_rate_limit", "torrent_rate_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"bittorrent.{name}: must be >= 0 (0 = unlimited)")
+        if self.bind:
+            try:
+                ipaddress.IPv4Address(self.bind)
+            except ValueError:
+                msg = f"bittorrent.bind: {self.bind!r} is not an IPv4 address"
+                raise ConfigError(msg) from None
+
+
+@dataclass(frozen=True, slots=True)
 class AdminConfig:
     listen: str = "127.0.0.1:9480"
     # Required when `listen` is not a loopback address.
@@ -194,11 +243,19 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     intercept: InterceptConfig = field(default_factory=InterceptConfig)
+    bittorrent: BittorrentConfig = field(default_factory=BittorrentConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> Config:
-        for section in (self.cache, self.http, self.intercept, self.admin, self.log):
+        for section in (
+            self.cache,
+            self.http,
+            self.intercept,
+            self.bittorrent,
+            self.admin,
+            self.log,
+        ):
             section.validate()
         return self
 

@@ -15,6 +15,10 @@ from typing import Any
 from aiohttp import web
 
 from cache.store import Store
+from cache.torrents import TorrentStore
+from swarm.downloader import DownloadLimits
+from swarm.errors import SwarmError
+from swarm.service import SwarmOptions, SwarmService
 from swarmcache.config import Config, parse_hostport
 from swarmcache.http.accesslog import AccessLog
 from swarmcache.http.handler import CacheHandler
@@ -37,6 +41,21 @@ class Daemon:
             store=self.store, metrics=self.metrics, config=config, access_log=self.access_log
         )
         self.limits = ConnectionLimits(config.http.max_connections_per_client)
+        self.torrents: TorrentStore | None = None
+        self.swarm: SwarmService | None = None
+        if config.bittorrent.enabled:
+            self.torrents = TorrentStore(self.store)
+            self.swarm = SwarmService(self.torrents, config.cache.dir, self._swarm_options())
+            swarm = self.swarm
+            self.metrics.watch_swarm(
+                swarm.counters,
+                lambda: [
+                    (s.info_hash.hex(), s.info.name if s.info else "", s.info.progress)
+                    for s in swarm.statuses()
+                    if s.info is not None
+                ],
+            )
+        self._tracker: web.AppRunner | None = None
         self._servers: list[asyncio.Server] = []
         self._contexts: list[ServerContext] = []
         self._admin: web.AppRunner | None = None
@@ -47,6 +66,25 @@ class Daemon:
         self.proxy_address: tuple[str, int] | None = None
         self.transparent_port: int | None = None
         self.admin_address: tuple[str, int] | None = None
+
+    def _swarm_options(self) -> SwarmOptions:
+        bt = self.config.bittorrent
+        return SwarmOptions(
+            listen=parse_hostport(bt.listen, key="bittorrent.listen"),
+            announce_port=bt.announce_port,
+            subscribers=self.config.intercept.subscriber_networks,
+            limits=DownloadLimits(
+                max_peers=bt.max_peers_per_torrent,
+                request_queue_time=bt.request_queue_time,
+                max_queue=bt.max_request_queue,
+                request_timeout=bt.request_timeout,
+            ),
+            download_rate_limit=bt.download_rate_limit,
+            torrent_rate_limit=bt.torrent_rate_limit,
+            commit_interval=bt.commit_interval,
+            bind=bt.bind or None,
+            hashing_threads=bt.hashing_threads,
+        )
 
     def _store_stats(self) -> tuple[int, int]:
         stats = self.store.stats()
@@ -82,6 +120,10 @@ class Daemon:
             self._servers.append(server)
             self.proxy_address = server.sockets[0].getsockname()[:2]
             log.info("explicit proxy listening on %s:%d", *self.proxy_address)
+        if self.swarm is not None:
+            await self.swarm.start()
+            log.info("BitTorrent seeder listening on %s:%d", *self.swarm.seeder.address)
+            await self._start_tracker()
         await self._start_admin()
         if self.config.intercept.enabled:
             await self._start_interception()
@@ -134,6 +176,10 @@ class Daemon:
         app.router.add_get("/metrics", self._metrics_view)
         app.router.add_get("/healthz", self._health_view)
         app.router.add_get("/api/stats", self._stats_view)
+        app.router.add_get("/api/torrents", self._torrents_view)
+        app.router.add_post("/api/torrents", self._pin_view)
+        app.router.add_get("/api/torrents/{info_hash}", self._torrent_view)
+        app.router.add_delete("/api/torrents/{info_hash}", self._purge_view)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -171,6 +217,74 @@ class Daemon:
             }
         )
 
+    async def _start_tracker(self) -> None:
+        listen = self.config.bittorrent.tracker_listen
+        if not listen:
+            return
+        host, port = parse_hostport(listen, key="bittorrent.tracker_listen")
+        app = web.Application()
+        app.router.add_get("/announce", self._announce_view)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        self._tracker = runner
+        log.info("local tracker listening on %s", listen)
+
+    async def _announce_view(self, request: web.Request) -> web.Response:
+        assert self.swarm is not None
+        body = self.swarm.announce_reply(request.remote or "", request.rel_url.raw_query_string)
+        if body is None:
+            return web.Response(status=403, text="not a subscriber\n")
+        return web.Response(body=body, content_type="text/plain")
+
+    def _swarm_or_404(self) -> SwarmService:
+        if self.swarm is None:
+            raise web.HTTPNotFound(text="BitTorrent is disabled (bittorrent.enabled = false)\n")
+        return self.swarm
+
+    @staticmethod
+    def _info_hash(request: web.Request) -> bytes:
+        text = request.match_info["info_hash"]
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raw = b""
+        if len(raw) != 20:
+            raise web.HTTPBadRequest(text=f"not a 40-hex-digit info hash: {text!r}\n")
+        return raw
+
+    async def _torrents_view(self, request: web.Request) -> web.Response:
+        swarm = self._swarm_or_404()
+        return web.json_response([s.as_json() for s in swarm.statuses()])
+
+    async def _torrent_view(self, request: web.Request) -> web.Response:
+        swarm = self._swarm_or_404()
+        status = swarm.status(self._info_hash(request))
+        if status is None:
+            raise web.HTTPNotFound(text="no such torrent\n")
+        return web.json_response(status.as_json())
+
+    async def _pin_view(self, request: web.Request) -> web.Response:
+        swarm = self._swarm_or_404()
+        body = await request.read()
+        if not body:
+            raise web.HTTPBadRequest(text="send a magnet link or a .torrent file as the body\n")
+        try:
+            result = swarm.pin(body)
+        except SwarmError as exc:
+            raise web.HTTPBadRequest(text=f"cannot pin: {exc}\n") from None
+        return web.json_response(
+            {"info_hash": result.info_hash.hex(), "name": result.name, "known": result.known},
+            status=201,
+        )
+
+    async def _purge_view(self, request: web.Request) -> web.Response:
+        swarm = self._swarm_or_404()
+        info_hash = self._info_hash(request)
+        if not await swarm.purge(info_hash):
+            raise web.HTTPNotFound(text="no such torrent\n")
+        return web.json_response({"info_hash": info_hash.hex(), "purged": True})
+
     async def stop(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
@@ -195,6 +309,12 @@ class Daemon:
             await server.wait_closed()
         if self._admin is not None:
             await self._admin.cleanup()
+        if self._tracker is not None:
+            await self._tracker.cleanup()
+        if self.swarm is not None:
+            await self.swarm.stop()
+        if self.torrents is not None:
+            self.torrents.close()
         self.access_log.close()
         self.store.close()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["RESULTS", "Metrics"]
@@ -32,6 +32,65 @@ class _StoreCollector(Collector):
         yield GaugeMetricFamily(
             "swarmcache_store_bytes", "Bytes of blob files in the store", value=size
         )
+
+
+# name -> (kind, help) of the BitTorrent figures read from the swarm service's counters().
+_SWARM_METRICS: dict[str, tuple[str, str, str]] = {
+    "pieces_fetched": ("counter", "swarmcache_bt_pieces_fetched", "Pieces fetched and verified"),
+    "outside_bytes": (
+        "counter",
+        "swarmcache_bt_outside_bytes",
+        "Payload bytes fetched from outside peers",
+    ),
+    "wasted_bytes": (
+        "counter",
+        "swarmcache_bt_wasted_bytes",
+        "Bytes from outside peers that were discarded (duplicates, bad pieces)",
+    ),
+    "bad_pieces": ("counter", "swarmcache_bt_bad_pieces", "Pieces that failed their hash"),
+    "banned_peers": ("counter", "swarmcache_bt_banned_peers", "Outside peers banned for bad data"),
+    "local_served_bytes": (
+        "counter",
+        "swarmcache_bt_local_served_bytes",
+        "Payload bytes served to local peers",
+    ),
+    "local_rejected_requests": (
+        "counter",
+        "swarmcache_bt_local_rejected_requests",
+        "Block requests of local peers the box could not serve",
+    ),
+    "refused_connections": (
+        "counter",
+        "swarmcache_bt_refused_connections",
+        "Seeder connections refused because the peer is not a subscriber",
+    ),
+    "outside_peers": ("gauge", "swarmcache_bt_outside_peers", "Connected outside peers"),
+    "local_peers": ("gauge", "swarmcache_bt_local_peers", "Connected local peers"),
+}
+
+
+class _SwarmCollector(Collector):
+    def __init__(
+        self,
+        counters: Callable[[], dict[str, int]],
+        torrents: Callable[[], list[tuple[str, str, float]]],
+    ) -> None:
+        self._counters = counters
+        self._torrents = torrents
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        values = self._counters()
+        for key, (kind, name, text) in _SWARM_METRICS.items():
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, text, value=values.get(key, 0))
+        progress = GaugeMetricFamily(
+            "swarmcache_bt_torrent_progress",
+            "Share of a torrent's pieces the store holds (0-1)",
+            labels=["info_hash", "name"],
+        )
+        for info_hash, name, value in self._torrents():
+            progress.add_metric([info_hash, name], value)
+        yield progress
 
 
 class Metrics:
@@ -96,6 +155,13 @@ class Metrics:
 
     def watch_store(self, read: Callable[[], tuple[int, int]]) -> None:
         self.registry.register(_StoreCollector(read))
+
+    def watch_swarm(
+        self,
+        counters: Callable[[], dict[str, int]],
+        torrents: Callable[[], list[tuple[str, str, float]]],
+    ) -> None:
+        self.registry.register(_SwarmCollector(counters, torrents))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
