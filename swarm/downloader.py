@@ -14,9 +14,10 @@ Why it is built this way
   hashes it and, only if it matches, writes it to the payload file
   (:meth:`cache.torrents.TorrentStore.verify_and_write`): a bad piece is never stored. Pieces
   waiting for a hash are bounded (``max_hashing``); past that, no new requests go out.
-* **Bad peers are banned.** Every peer that contributed to a failed piece gets a strike; a piece
-  that fails again after its whole-piece refetch names its one source, which is banned at
-  once; three strikes ban anyway. A banned address is never dialled again.
+* **Bad peers are banned, honest ones never.** A failed piece that came from one peer names
+  it, and it is banned at once. A failed piece mixed from several peers is refetched whole from
+  one of them, which either verifies or names its sender. A banned address is never dialled
+  again.
 * **No uploading to outside peers.** The box exists to spare the uplink: outside peers get
   Have None and stay choked. Local peers are served by :mod:`swarm.seeder`.
 * **Magnet links** start without the info dict: it is fetched with BEP 9 from peers that
@@ -97,7 +98,6 @@ class DownloadLimits:
     request_timeout: float = 20.0
     peer_idle_timeout: float = 120.0
     max_hashing: int = 64
-    strikes_to_ban: int = 3
     announce_interval_cap: float = 1800.0
 
 
@@ -147,7 +147,6 @@ class _Remote:
         "queue_target",
         "rate",
         "sock",
-        "strikes",
         "window_bytes",
     )
 
@@ -164,7 +163,6 @@ class _Remote:
         self.rate = 0.0
         self.window_bytes = 0
         self.last_data = time.monotonic()
-        self.strikes = 0
         # Have/Bitfield/HaveAll that arrived before the info dict (magnet links): applied,
         # and checked against the piece count, once it is known.
         self.early: list[Event] = []
@@ -213,7 +211,6 @@ class TorrentDownload:
         self.banned: set[tuple[str, int]] = set()
         self._buffers: dict[int, bytearray] = {}
         self._contributors: dict[int, set[tuple[str, int]]] = {}
-        self._suspect: set[int] = set()
         self._hashing = 0
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._metadata: MetadataAssembler | None = None
@@ -507,7 +504,6 @@ class TorrentDownload:
         assert picker is not None
         if ok:
             picker.piece_verified(index)
-            self._suspect.discard(index)
             self.stats.pieces_fetched += 1
             for fut in self._waiters.pop(index, []):
                 if not fut.done():
@@ -532,23 +528,22 @@ class TorrentDownload:
             self.info_hash.hex(),
             ", ".join(f"{a}:{p}" for a, p in sorted(contributors)),
         )
-        sole = next(iter(contributors)) if len(contributors) == 1 else None
-        was_suspect = index in self._suspect
-        self._suspect.add(index)
+        # Only a piece from a single peer names the culprit. A piece mixed from several is
+        # refetched whole from one peer (the picker's suspect pieces), which then either
+        # verifies or names its sender: an honest peer is never banned for another's blocks.
         self.picker.piece_failed(index)
-        for remote in list(self._remotes.values()):
-            if remote.address in contributors:
-                remote.strikes += 1
-                if (was_suspect and remote.address == sole) or (
-                    remote.strikes >= self.limits.strikes_to_ban
-                ):
-                    self._ban(remote)
+        if len(contributors) == 1:
+            self._ban(next(iter(contributors)))
 
-    def _ban(self, remote: _Remote) -> None:
-        log.warning("banning peer %s:%d for bad data", *remote.address)
-        self.banned.add(remote.address)
+    def _ban(self, address: tuple[str, int]) -> None:
+        if address in self.banned:
+            return
+        log.warning("banning peer %s:%d for bad data", *address)
+        self.banned.add(address)
         self.stats.banned += 1
-        remote.sock.close("banned: sent data that failed the piece hash")
+        for remote in list(self._remotes.values()):
+            if remote.address == address:
+                remote.sock.close("banned: sent data that failed the piece hash")
 
     # --- metadata (BEP 9) ------------------------------------------------------------------
 
@@ -575,7 +570,6 @@ class TorrentDownload:
                 info = self._metadata.add(message)
             except RemoteProtocolError as exc:
                 log.warning("metadata from %s rejected: %s", remote.address, exc)
-                remote.strikes += 1
                 return
             if info is not None:
                 self._got_metadata(info)

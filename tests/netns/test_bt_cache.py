@@ -9,6 +9,7 @@ the gateway's uplink, the box's metrics and its operator commands' output.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
@@ -207,51 +208,53 @@ def test_pinned_torrent_is_fetched_once_and_seeded_to_five_local_leechers(
     assert row["local_peers_served"] >= 1
 
 
-def _evil_seed(host: str, port: int, info_hash: bytes, stop: threading.Event) -> None:
+def _evil_seed(host: str, port: int, info_hash: bytes) -> None:
     """A hostile outside peer: claims every piece and answers each request with garbage.
-    Written here because no real client can be told to lie; it speaks real peer wire."""
+    Written here because no real client can be told to lie; it speaks real peer wire.
+    Runs until killed; prints "ready" once it listens."""
     listener = socket.create_server((host, port))
-    listener.settimeout(0.2)
-    conns: list[socket.socket] = []
-    try:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            conns.append(conn)
-            threading.Thread(
-                target=_evil_conn, args=(conn, info_hash, stop), daemon=True
-            ).start()
-    finally:
-        listener.close()
-        for c in conns:
-            c.close()
+    print("ready", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=_evil_conn, args=(conn, info_hash), daemon=True).start()
 
 
-def _evil_conn(conn: socket.socket, info_hash: bytes, stop: threading.Event) -> None:
+def _evil_conn(conn: socket.socket, info_hash: bytes) -> None:
     reader = PeerWireReader()
-    conn.sendall(encode_handshake(info_hash, b"-EV0001-" + b"x" * 12, make_reserved()))
-    conn.sendall(encode(HaveAll()) + encode(Unchoke()))
-    conn.settimeout(0.5)
     try:
-        while not stop.is_set():
-            try:
-                data = conn.recv(65536)
-            except TimeoutError:
-                continue
-            if not data:
-                return
+        conn.sendall(encode_handshake(info_hash, b"-EV0001-" + b"x" * 12, make_reserved()))
+        conn.sendall(encode(HaveAll()) + encode(Unchoke()))
+        while data := conn.recv(65536):
             reader.feed(data)
             while (event := reader.next_event()) is not NEED_DATA:
-                if not isinstance(event, Request):
-                    continue
-                conn.sendall(
-                    piece_header(event.index, event.begin, event.length)
-                    + bytes([0xEE]) * event.length
-                )
-    except OSError:
+                if isinstance(event, Request):
+                    junk = bytes([0xEE]) * event.length
+                    conn.sendall(piece_header(event.index, event.begin, event.length) + junk)
+    except (OSError, ValueError):
         return
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _running_evil_seed(testbed: Testbed, info_hash: str, port: int) -> Iterator[None]:
+    """The evil seed in ``net`` (a child process, so it lives in that namespace)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from tests.netns.test_bt_cache import _evil_seed;"
+        "_evil_seed(sys.argv[2], int(sys.argv[3]), bytes.fromhex(sys.argv[4]))"
+    )
+    proc = testbed.popen(
+        "net", sys.executable, "-c", code, str(ROOT), NET, str(port), info_hash,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready", "the evil seed did not start"
+        yield
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 def test_a_seed_sending_corrupt_data_is_banned_and_nothing_corrupt_is_stored(
@@ -261,54 +264,19 @@ def test_a_seed_sending_corrupt_data_is_banned_and_nothing_corrupt_is_stored(
     payload = make_payload(seed_dir, "iso.bin", 8 * MiB, seed=12)
     torrent = work / "iso.torrent"
     _, info_hash = make_torrent(payload, trackers=[], out=torrent)
-    stop = threading.Event()
-    evil = threading.Thread(
-        target=lambda: testbed_run_evil(testbed, info_hash, stop), daemon=True
-    )
-    evil.start()
     good = LtNode(testbed, "net", f"{NET}:6881", torrent, seed_dir, work, seed=True)
-    try:
-        with good:
-            good.wait_seeding(announced=False)
-            # The box learns both peers from the magnet link: the evil one first.
-            magnet = (
-                f"magnet:?xt=urn:btih:{info_hash}&x.pe={NET}:6999&x.pe={NET}:6881"
-            )
-            pinned = box.cli("pin", magnet)
-            assert pinned.returncode == 0, pinned.stdout + pinned.stderr
-        (dl,) = _dirs(tmp_path, "dl")
-        with LtNode(
-            testbed, "sub", f"{SUB}:6900", torrent, dl, work, peers=[f"{BOX}:6881"]
-        ) as leecher:
-            leecher.wait_complete(timeout=60)
-    finally:
-        stop.set()
+    with _running_evil_seed(testbed, info_hash, 6999), good:
+        good.wait_seeding(announced=False)
+        # The box learns both peers from the magnet link.
+        magnet = f"magnet:?xt=urn:btih:{info_hash}&x.pe={NET}:6999&x.pe={NET}:6881"
+        pinned = box.cli("pin", magnet)
+        assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+    (dl,) = _dirs(tmp_path, "dl")
+    with LtNode(testbed, "sub", f"{SUB}:6900", torrent, dl, work, peers=[f"{BOX}:6881"]) as lt:
+        lt.wait_complete(timeout=60)
     assert sha1_file(dl / "iso.bin") == sha1_file(payload)
     assert box.metric("swarmcache_bt_bad_pieces_total") >= 1
     assert box.metric("swarmcache_bt_banned_peers_total") >= 1
-
-
-def testbed_run_evil(testbed: Testbed, info_hash: str, stop: threading.Event) -> None:
-    """Run the evil seed inside ``net`` (a child process, so it lives in that namespace)."""
-    proc = testbed.popen(
-        "net",
-        sys.executable,
-        "-c",
-        "import sys, threading; sys.path.insert(0, sys.argv[1]);"
-        "from tests.netns.test_bt_cache import _evil_seed;"
-        "ev = threading.Event();"
-        "_evil_seed(sys.argv[2], 6999, bytes.fromhex(sys.argv[3]), ev)",
-        str(ROOT),
-        NET,
-        info_hash,
-        cwd=str(ROOT),
-    )
-    try:
-        while not stop.is_set():
-            time.sleep(0.1)
-    finally:
-        proc.kill()
-        proc.wait(timeout=5)
 
 
 def test_kill_9_mid_download_resumes_without_refetching_verified_pieces(
