@@ -113,17 +113,24 @@ class DownloadStats:
 class RateLimiter:
     """A token bucket in bytes per second; ``rate`` 0 means unlimited. Shared by torrents."""
 
-    def __init__(self, rate: int, *, burst_seconds: float = 0.5) -> None:
+    def __init__(
+        self,
+        rate: int,
+        *,
+        burst_seconds: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.rate = rate
+        self._clock = clock
         self._capacity = max(rate * burst_seconds, 2 * BLOCK_SIZE)
         self._tokens = self._capacity
-        self._stamp = time.monotonic()
+        self._stamp = clock()
 
     def take(self, want: int) -> int:
         """Grant up to ``want`` bytes now (a multiple of the block size, possibly 0)."""
         if self.rate <= 0:
             return want
-        now = time.monotonic()
+        now = self._clock()
         self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
         granted = min(want, int(self._tokens) // BLOCK_SIZE * BLOCK_SIZE)

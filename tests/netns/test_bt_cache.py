@@ -42,6 +42,7 @@ from tests.netns.bt import (
     make_torrent,
     sha1_file,
     tbf,
+    tree_sha256,
 )
 from tests.netns.gateway import ROOT, Gateway
 from tests.netns.testbed import Testbed
@@ -288,15 +289,18 @@ def test_kill_9_mid_download_resumes_without_refetching_verified_pieces(
     size = 16 * MiB
     payload = make_payload(seed_dir, "big.bin", size, seed=13)
     torrent = work / "big.torrent"
-    _, info_hash = make_torrent(payload, trackers=[], out=torrent)
+    # Only a UDP tracker (BEP 15) names the seed, to the box as to everyone.
+    tracker = Opentracker(testbed, "net", NET)
+    _, info_hash = make_torrent(payload, trackers=[tracker.udp_url], out=torrent)
+    tracker.allow(info_hash)
     # 40 Mbit/s toward the box: 16 MiB take about 3.4 s, time to kill it half-way.
     tbf(testbed, "net", f"{testbed.prefix}n", "40mbit")
     try:
-        with LtNode(testbed, "net", f"{NET}:6881", torrent, seed_dir, work, seed=True) as seed:
-            seed.wait_seeding(announced=False)
+        seed = LtNode(testbed, "net", f"{NET}:6881", torrent, seed_dir, work, seed=True)
+        with tracker, seed:
+            seed.wait_seeding()
             before = box.gw.uplink_rx_bytes()
-            magnet = f"magnet:?xt=urn:btih:{info_hash}&x.pe={NET}:6881"
-            res = box.cli("pin", "--no-wait", magnet)
+            res = box.cli("pin", "--no-wait", str(torrent))
             assert res.returncode == 0, res.stdout + res.stderr
             deadline = time.monotonic() + 30
             have = 0
@@ -331,3 +335,33 @@ def test_kill_9_mid_download_resumes_without_refetching_verified_pieces(
         assert fetched <= size * 1.15, f"{fetched} uplink bytes for a {size}-byte torrent"
     finally:
         box.gw.stop_daemon()
+
+
+def test_a_hybrid_torrent_from_a_magnet_is_cached_served_and_purged(
+    testbed: Testbed, box: Box, tmp_path: Path
+) -> None:
+    """A v1+v2 hybrid, multi-file torrent (with BEP 47 padding files) known only by its magnet
+    link: the box gets the info dict from the seed (BEP 9), the pieces through the v1 layout,
+    serves a libtorrent leecher, and `purge` takes it out of the cache."""
+    seed_dir, work = _dirs(tmp_path, "seed", "work")
+    files = {"a.bin": 3 * MiB + 1000, "b/c.bin": 5 * MiB + 7, "d.txt": 100}
+    payload = make_payload(seed_dir, "album", files, seed=14)
+    torrent = work / "album.torrent"
+    _, info_hash = make_torrent(payload, trackers=[], out=torrent, v1_only=False)
+    with LtNode(testbed, "net", f"{NET}:6881", torrent, seed_dir, work, seed=True) as seed:
+        seed.wait_seeding(announced=False)
+        res = box.cli("pin", f"magnet:?xt=urn:btih:{info_hash}&dn=album&x.pe={NET}:6881")
+        assert res.returncode == 0, res.stdout + res.stderr
+    (dl,) = _dirs(tmp_path, "dl")
+    with LtNode(testbed, "sub", f"{SUB}:6900", torrent, dl, work, peers=[f"{BOX}:6881"]) as lt:
+        lt.wait_complete(timeout=60)
+    assert tree_sha256(dl / "album") == tree_sha256(payload)
+    row = {r["info_hash"]: r for r in box.torrents()}[info_hash]
+    assert row["name"] == "album" and row["complete"]
+
+    purged = box.cli("purge", info_hash)
+    assert purged.returncode == 0, purged.stderr
+    assert info_hash not in {r["info_hash"] for r in box.torrents()}
+    assert not list((box.gw.cache_dir / "torrents").glob(f"{info_hash}*"))
+    again = box.cli("purge", info_hash)
+    assert again.returncode == 4 and "no such torrent" in again.stderr

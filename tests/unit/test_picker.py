@@ -202,3 +202,19 @@ def test_random_swarm_always_completes_and_never_double_counts(
                 p.piece_verified(r.index)
     assert p.complete
     assert received_bytes == total
+
+
+def test_rate_limiter_grants_blocks_at_the_configured_rate() -> None:
+    from swarm.downloader import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(10 * BLOCK_SIZE, burst_seconds=0.5, clock=lambda: now[0])
+    assert limiter.take(100 * BLOCK_SIZE) == 5 * BLOCK_SIZE  # the burst
+    assert limiter.take(BLOCK_SIZE) == 0
+    granted = 0
+    for _ in range(100):  # ten seconds in 0.1 s steps
+        now[0] += 0.1
+        granted += limiter.take(100 * BLOCK_SIZE)
+    # 10 blocks/s for 10 s, never more (the last step may miss a block to float rounding)
+    assert 99 * BLOCK_SIZE <= granted <= 100 * BLOCK_SIZE
+    assert RateLimiter(0).take(12345) == 12345  # 0 = unlimited
