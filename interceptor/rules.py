@@ -66,6 +66,7 @@ __all__ = [
     "enable_queue",
     "install",
     "remove",
+    "sense_rules",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,8 @@ class InterceptSpec:
     chain: str = "SWARMCACHE"
     route_table: int = 100
     in_interface: str | None = None
+    # NFQUEUE for BitTorrent sensing (see :func:`sense_rules`); None: no sensing rules.
+    sense_queue: int | None = None
 
     def __post_init__(self) -> None:
         if not self.subscribers:
@@ -129,6 +132,10 @@ class InterceptSpec:
                 raise ValueError(f"port {port} out of range 1-65535")
         if not 0 <= self.queue_num <= 65535:
             raise ValueError(f"queue_num {self.queue_num} out of range 0-65535")
+        if self.sense_queue is not None and (
+            not 0 <= self.sense_queue <= 65535 or self.sense_queue == self.queue_num
+        ):
+            raise ValueError(f"sense_queue {self.sense_queue} out of range or equal to queue_num")
         if not _CHAIN_RE.match(self.chain):
             raise ValueError(f"chain name {self.chain!r} must match {_CHAIN_RE.pattern}")
         if not 0 < self.route_table < 2**32 or self.route_table in _RESERVED_TABLES:
@@ -144,6 +151,10 @@ class InterceptSpec:
     def queue_chain(self) -> str:
         return f"{self.chain}_QUEUE"
 
+    @property
+    def sense_chain(self) -> str:
+        return f"{self.chain}_SENSE"
+
     def to_json(self) -> str:
         """Serialise for the watchdog's command line (see :meth:`from_json`)."""
         return json.dumps(
@@ -155,6 +166,7 @@ class InterceptSpec:
                 "chain": self.chain,
                 "route_table": self.route_table,
                 "in_interface": self.in_interface,
+                "sense_queue": self.sense_queue,
             },
             separators=(",", ":"),
         )
@@ -163,6 +175,7 @@ class InterceptSpec:
     def from_json(cls, text: str) -> InterceptSpec:
         data: dict[str, Any] = json.loads(text)
         iface = data.get("in_interface")
+        sense = data.get("sense_queue")
         return cls(
             subscribers=tuple(ipaddress.IPv4Network(s) for s in data["subscribers"]),
             ports=tuple(int(p) for p in data["ports"]),
@@ -171,6 +184,7 @@ class InterceptSpec:
             chain=str(data.get("chain", "SWARMCACHE")),
             route_table=int(data.get("route_table", 100)),
             in_interface=None if iface is None else str(iface),
+            sense_queue=None if sense is None else int(sense),
         )
 
 
@@ -209,6 +223,43 @@ def _queue_rules(spec: InterceptSpec) -> list[list[str]]:
     return [[*m, *target] for m in _flow_matches(spec)]
 
 
+# u32 tests on the first payload bytes (IHL -> transport header -> payload), so the kernel
+# queues only packets that can be what the sensing reader looks for (testbed notes §4a).
+_TCP_PAYLOAD = "0>>22&0x3C@12>>26&0x3C@"
+_UDP_PAYLOAD = "0>>22&0x3C@8"
+_U32_BT_HANDSHAKE = _TCP_PAYLOAD + "0=0x13426974"  # "\x13Bit"
+_U32_HTTP_GET = _TCP_PAYLOAD + "0=0x47455420"  # "GET "
+_U32_DHT = _UDP_PAYLOAD + ">>8=0x64313a"  # "d1:" (a KRPC dict)
+_U32_TRACKER_CONNECT = "0>>22&0x3C@8=0x417&&0>>22&0x3C@12=0x27101980"  # BEP 15 magic
+_U32_TRACKER_ANNOUNCE = "0>>22&0x3C@16=0x1"  # action 1 after the 8-byte connection id
+_U32_TRACKER_REPLY = _UDP_PAYLOAD + "=0x1"  # announce response: action 1 first
+_U32_UTP_SYN = _UDP_PAYLOAD + ">>24=0x41"  # ST_SYN, version 1
+# Packets counted per connection, both directions: the handshakes of both sides and an HTTP
+# request fall within the first few (SYN, SYN-ACK, ACK, data...).
+_SENSE_CONNBYTES = "0:8"
+
+
+def sense_rules(spec: InterceptSpec) -> list[list[str]]:
+    """Rules of the sensing chain (mangle FORWARD): what the sensing reader is shown."""
+    if spec.sense_queue is None:
+        return []
+    queue = f"-j NFQUEUE --queue-num {spec.sense_queue} --queue-bypass".split()
+    early = (
+        f"-m connbytes --connbytes {_SENSE_CONNBYTES} --connbytes-dir both "
+        "--connbytes-mode packets"
+    ).split()
+    out: list[list[str]] = []
+    for net in map(str, spec.subscribers):
+        for side in ("-s", "-d"):
+            out.append([side, net, "-p", "tcp", *early, "-m", "u32", "--u32", _U32_BT_HANDSHAKE])
+        out.append(["-s", net, "-p", "tcp", *early, "-m", "u32", "--u32", _U32_HTTP_GET])
+        for match in (_U32_DHT, _U32_TRACKER_CONNECT, _U32_TRACKER_ANNOUNCE, _U32_UTP_SYN):
+            out.append(["-s", net, "-p", "udp", "-m", "u32", "--u32", match])
+        for match in (_U32_DHT, _U32_TRACKER_REPLY):
+            out.append(["-d", net, "-p", "udp", "-m", "u32", "--u32", match])
+    return [[*rule, *queue] for rule in out]
+
+
 def _chain_rules(spec: InterceptSpec) -> list[tuple[str, list[str]]]:
     """(chain, rule args) for the contents of our chains, in order."""
     # 1. Packets of flows that already have a *transparent* local socket (the daemon's accepted
@@ -228,11 +279,19 @@ def _chain_rules(spec: InterceptSpec) -> list[tuple[str, list[str]]]:
     rules.append((spec.divert_chain, f"-j MARK --set-xmark {_mask(MARK_LOCAL)}".split()))
     rules.append((spec.divert_chain, ["-j", "ACCEPT"]))
     rules.extend((spec.queue_chain, r) for r in _queue_rules(spec))
+    rules.extend((spec.sense_chain, r) for r in sense_rules(spec))
     return rules
 
 
 def _chains(spec: InterceptSpec) -> list[str]:
-    return [spec.chain, spec.divert_chain, spec.queue_chain]
+    chains = [spec.chain, spec.divert_chain, spec.queue_chain]
+    if spec.sense_queue is not None:
+        chains.append(spec.sense_chain)
+    return chains
+
+
+def _sense_jump(spec: InterceptSpec) -> list[str] | None:
+    return None if spec.sense_queue is None else ["-j", spec.sense_chain]
 
 
 def _jump(spec: InterceptSpec) -> list[str]:
@@ -267,6 +326,9 @@ def build_commands(spec: InterceptSpec) -> list[list[str]]:
     cmds.extend(_ipt("-N", chain) for chain in _chains(spec))
     cmds.extend(_ipt("-A", chain, *args) for chain, args in _chain_rules(spec))
     cmds.append(_ipt("-I", "PREROUTING", "1", *_jump(spec)))
+    sense = _sense_jump(spec)
+    if sense is not None:
+        cmds.append(_ipt("-I", "FORWARD", "1", *sense))
     return cmds
 
 
@@ -276,14 +338,21 @@ def build_restore(spec: InterceptSpec) -> str:
     lines.extend(f":{chain} - [0:0]" for chain in _chains(spec))
     lines.extend(" ".join(["-A", chain, *args]) for chain, args in _chain_rules(spec))
     lines.append(" ".join(["-I", "PREROUTING", "1", *_jump(spec)]))
+    sense = _sense_jump(spec)
+    if sense is not None:
+        lines.append(" ".join(["-I", "FORWARD", "1", *sense]))
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
 
 def build_queue_restore(spec: InterceptSpec) -> str:
-    """``iptables-restore --noflush`` input that (re)fills only the queue chain: idempotent."""
+    """``iptables-restore --noflush`` input that (re)fills only the queue chains (the SYN
+    queue and, with sensing, the sensing chain): idempotent."""
     lines = [f"*{_TABLE}", f":{spec.queue_chain} - [0:0]"]
     lines.extend(" ".join(["-A", spec.queue_chain, *r]) for r in _queue_rules(spec))
+    if spec.sense_queue is not None:
+        lines.append(f":{spec.sense_chain} - [0:0]")
+        lines.extend(" ".join(["-A", spec.sense_chain, *r]) for r in sense_rules(spec))
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -296,6 +365,9 @@ class _Step:
 
 def _removal_steps(spec: InterceptSpec) -> list[_Step]:
     steps = [_Step(_ipt("-D", "PREROUTING", *_jump(spec)), repeat=True)]
+    sense = _sense_jump(spec)
+    if sense is not None:
+        steps.append(_Step(_ipt("-D", "FORWARD", *sense), repeat=True))
     steps.extend(_Step(_ipt("-F", chain)) for chain in _chains(spec))
     steps.extend(_Step(_ipt("-X", chain)) for chain in _chains(spec))
     steps.append(_Step([IP, "rule", "del", *_ip_rule(spec)], repeat=True))
@@ -389,12 +461,14 @@ def install(spec: InterceptSpec, run: Runner = subprocess.run) -> None:
 
 
 def disable_queue(spec: InterceptSpec, run: Runner = subprocess.run) -> None:
-    """Stop sending SYNs to the reader (fail open): flush the queue chain. Idempotent.
+    """Stop sending packets to the readers (fail open): flush the queue chains. Idempotent.
 
     The TPROXY rule stays; it is inert because only the reader sets mark 0x2. Flows already
     accepted by the daemon keep going through it (the socket rule is untouched).
     """
     _checked(run, _ipt("-F", spec.queue_chain))
+    if spec.sense_queue is not None:
+        _checked(run, _ipt("-F", spec.sense_chain))
 
 
 def enable_queue(spec: InterceptSpec, run: Runner = subprocess.run) -> None:

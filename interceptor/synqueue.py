@@ -43,7 +43,7 @@ from netfilterqueue import COPY_META, NetfilterQueue, Packet
 
 from .rules import MARK_INTERCEPT
 
-__all__ = ["SynQueue"]
+__all__ = ["QueueReader", "SynQueue"]
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +52,21 @@ log = logging.getLogger(__name__)
 _SOCK_LEN = 1 << 20
 
 
-class SynQueue:
-    """Bind NFQUEUE ``queue_num`` and answer every SYN with ``mark |= 0x2`` + repeat.
+class QueueReader:
+    """An NFQUEUE bound from the asyncio loop, with the stale-packet rule above.
 
-    ``packets`` counts the verdicts given, ``stale`` how many of them were stale SYNs let
-    through unmarked (see the module docstring). Use :meth:`start` from inside the event loop's
-    thread and :meth:`close` on shutdown (closing hands the queue back to the kernel, after which
-    ``--queue-bypass`` forwards new SYNs directly).
+    Subclasses give :meth:`_verdict` for fresh packets; a packet read after the loop was
+    stalled for ``stale_after`` seconds is accepted untouched instead (counted in ``stale``).
+    ``packets`` counts every verdict. Use :meth:`start` from inside the event loop's thread and
+    :meth:`close` on shutdown (closing hands the queue back to the kernel, after which
+    ``--queue-bypass`` forwards packets directly).
     """
 
-    def __init__(
-        self, queue_num: int = 7, *, max_len: int = 4096, stale_after: float = 1.0
-    ) -> None:
+    name = "NFQUEUE"
+    mode = COPY_META
+    copy_range = 65535
+
+    def __init__(self, queue_num: int, *, max_len: int = 4096, stale_after: float = 1.0) -> None:
         self.queue_num = queue_num
         self.max_len = max_len
         self.stale_after = stale_after
@@ -80,14 +83,16 @@ class SynQueue:
     def running(self) -> bool:
         return self._nfq is not None
 
+    def _verdict(self, pkt: Packet) -> None:
+        raise NotImplementedError
+
     def _on_packet(self, pkt: Packet) -> None:
         self.packets += 1
         if self._draining_stale or time.monotonic() - self._alive_at >= self.stale_after:
             self.stale += 1
-            pkt.accept()  # queued while the loop was stalled: let it go to the origin
+            pkt.accept()  # queued while the loop was stalled: let it through untouched
             return
-        pkt.set_mark(pkt.get_mark() | MARK_INTERCEPT)
-        pkt.repeat()
+        self._verdict(pkt)
 
     def _tick(self) -> None:
         if self._nfq is None or self._loop is None:
@@ -105,19 +110,20 @@ class SynQueue:
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Bind the queue and register its fd with ``loop`` (default: the running loop)."""
         if self._nfq is not None:
-            raise RuntimeError("SynQueue already started")
+            raise RuntimeError(f"{type(self).__name__} already started")
         loop = loop or asyncio.get_running_loop()
         nfq = NetfilterQueue()
         # NetfilterQueue warns (RuntimeWarning) when the kernel caps the receive buffer below
         # the request; with warnings-as-errors it would unbind and raise. A smaller buffer only
-        # means an earlier ENOBUFS (lost SYN, which the client retransmits): log, don't fail.
+        # means an earlier ENOBUFS (a lost packet, which the sender retransmits): log it.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             nfq.bind(
                 self.queue_num,
                 self._on_packet,
                 max_len=self.max_len,
-                mode=COPY_META,
+                mode=self.mode,
+                range=self.copy_range,
                 sock_len=_SOCK_LEN,
             )
         for w in caught:
@@ -128,11 +134,11 @@ class SynQueue:
         self._alive_at = time.monotonic()
         self._tick()
         loop.add_reader(self._fd, nfq.run, False)
-        log.info("SYN queue %d bound (max_len %d)", self.queue_num, self.max_len)
+        log.info("%s %d bound (max_len %d)", self.name, self.queue_num, self.max_len)
 
     def close(self) -> None:
-        """Unregister and unbind. Idempotent. SYNs still queued are dropped by the kernel
-        (clients retransmit them a second later, by then bypassing or reaching a new reader)."""
+        """Unregister and unbind. Idempotent. Packets still queued are dropped by the kernel
+        (senders retransmit them, by then bypassing or reaching a new reader)."""
         nfq, self._nfq = self._nfq, None
         if nfq is None:
             return
@@ -145,8 +151,24 @@ class SynQueue:
         self._fd = -1
         nfq.unbind()
         log.info(
-            "SYN queue %d unbound after %d SYNs (%d stale, let through)",
+            "%s %d unbound after %d packets (%d stale, let through)",
+            self.name,
             self.queue_num,
             self.packets,
             self.stale,
         )
+
+
+class SynQueue(QueueReader):
+    """Bind NFQUEUE ``queue_num`` and answer every SYN with ``mark |= 0x2`` + repeat."""
+
+    name = "SYN queue"
+
+    def __init__(
+        self, queue_num: int = 7, *, max_len: int = 4096, stale_after: float = 1.0
+    ) -> None:
+        super().__init__(queue_num, max_len=max_len, stale_after=stale_after)
+
+    def _verdict(self, pkt: Packet) -> None:
+        pkt.set_mark(pkt.get_mark() | MARK_INTERCEPT)
+        pkt.repeat()

@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import typing
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from cache import policy
@@ -164,6 +164,23 @@ class _HotObjects:
         self.used = 0
 
 
+# A tracker reply is small; one bigger than this is relayed untouched.
+_MAX_ANNOUNCE_REPLY = 2 << 20
+
+BodyRewrite = Callable[[bytes, str | None], bytes | None]
+"""Gets a whole response body and its Content-Encoding; returns a new body or None."""
+
+
+class AnnounceHook(typing.Protocol):
+    """Sees BitTorrent tracker announces that pass through the box (wired by the daemon).
+
+    Returns how to rewrite the tracker's reply (to add the box to its peer list), or None to
+    relay it untouched. The interceptor's rules send tracker ports through TPROXY for this.
+    """
+
+    def announce(self, client_ip: str, url: bytes, query: bytes) -> BodyRewrite | None: ...
+
+
 class CacheHandler:
     def __init__(
         self,
@@ -178,6 +195,7 @@ class CacheHandler:
         self.config = config
         self.access_log = access_log
         self.coalescer = Coalescer()
+        self.announce_hook: AnnounceHook | None = None
         self.status = CacheStatus(config.http.via_name)
         self.via = config.http.via_name.encode()
         self.hot = _HotObjects(64 << 20)
@@ -192,6 +210,16 @@ class CacheHandler:
             return self._connect(conn, request)
         target = resolve_target(request, transparent=conn.ctx.transparent, local=conn.local_addr)
         exchange = _Exchange(request, target, sent_before=conn.sent_bytes)
+        if (
+            self.announce_hook is not None
+            and request.method == b"GET"
+            and b"info_hash=" in request.target
+        ):
+            # A tracker announce: never cached (replies are per peer), maybe rewritten.
+            query = target.path.partition(b"?")[2]
+            rewrite = self.announce_hook.announce(conn.client_ip, target.url, query)
+            exchange.result = "pass"
+            return self._forward(conn, exchange, invalidate=False, rewrite=rewrite)
         action = policy.classify_request(request.method, request.headers)
         if action is policy.RequestAction.LOOKUP and request.get(b"upgrade") is None:
             served = self._fast_hit(conn, exchange)
@@ -894,7 +922,14 @@ class CacheHandler:
         self.store.delete(key)
 
     # --- pass-through -----------------------------------------------------------------
-    async def _forward(self, conn: ClientConnection, ex: _Exchange, *, invalidate: bool) -> bool:
+    async def _forward(
+        self,
+        conn: ClientConnection,
+        ex: _Exchange,
+        *,
+        invalidate: bool,
+        rewrite: BodyRewrite | None = None,
+    ) -> bool:
         request = ex.request
         try:
             upstream = await self._open_upstream(ex.target)
@@ -933,6 +968,8 @@ class CacheHandler:
                     request.method, response.status, response.headers, ex.target.url
                 ):
                     self._delete_object(_key_for(ex.target, url))
+            if rewrite is not None and response.status == 200 and request.method == b"GET":
+                return await self._relay_rewritten(conn, ex, upstream, response, rewrite)
             return await self._relay(conn, ex, upstream, response, self.status.bypass)
         except UpstreamError as exc:
             return self._error(conn, ex, 502, str(exc))
@@ -948,8 +985,13 @@ class CacheHandler:
         upstream: UpstreamConnection,
         response: Response,
         cache_status: bytes,
+        *,
+        prefix: Sequence[bytes] = (),
     ) -> bool:
-        """Send an upstream response to this client only, without storing it."""
+        """Send an upstream response to this client only, without storing it.
+
+        ``prefix``: body bytes already read from ``upstream`` by the caller.
+        """
         request = ex.request
         length = _content_length(response)
         has_body = (
@@ -970,6 +1012,8 @@ class CacheHandler:
         )
         ex.status = response.status
         conn.write(serialize_response_head(response.status, response.reason, fields))
+        for data in prefix:
+            conn.write(chunk(data) if chunked else data)
         while True:
             event = await upstream.next_event()
             if isinstance(event, EndOfMessage):
@@ -980,6 +1024,54 @@ class CacheHandler:
                     await conn.drain()
         if chunked:
             conn.write(LAST_CHUNK)
+        await conn.drain()
+        self._finish(conn, ex)
+        return keep_alive
+
+    async def _relay_rewritten(
+        self,
+        conn: ClientConnection,
+        ex: _Exchange,
+        upstream: UpstreamConnection,
+        response: Response,
+        rewrite: BodyRewrite,
+    ) -> bool:
+        """Read a small reply whole, let ``rewrite`` change it, send it with its new length.
+
+        A reply larger than the limit, or one the rewrite declines, goes out as it came.
+        """
+        parts: list[bytes] = []
+        size = 0
+        while size <= _MAX_ANNOUNCE_REPLY:
+            event = await upstream.next_event()
+            if isinstance(event, EndOfMessage):
+                break
+            if isinstance(event, Data):
+                parts.append(bytes(event.data))
+                size += len(event.data)
+        else:
+            return await self._relay(
+                conn, ex, upstream, response, self.status.bypass, prefix=parts
+            )
+        body = b"".join(parts)
+        encoding = response.get(b"content-encoding")
+        new = rewrite(body, None if encoding is None else encoding.decode("latin-1"))
+        if new is not None:
+            body = new
+        request = ex.request
+        _, keep_alive, extra = _framing(request, len(body), has_body=True)
+        fields = annotate(
+            policy.strip_hop_by_hop(response.headers),
+            via=self.via,
+            version=request.version,
+            cache_status=self.status.bypass,
+            hit=False,
+            age=None,
+            keep_alive=keep_alive,
+            extra=extra,
+        )
+        ex.status = response.status
+        conn.write(serialize_response_head(response.status, response.reason, fields) + body)
         await conn.drain()
         self._finish(conn, ex)
         return keep_alive

@@ -293,3 +293,40 @@ def test_disable_and_enable_touch_only_the_queue_chain() -> None:
         rules.disable_queue(s, failing)
     with pytest.raises(InterceptError, match="iptables-restore"):
         rules.enable_queue(s, failing)
+
+
+# --------------------------------------------------------------------------- sensing chain
+
+
+def test_sensing_rules_always_bypass_and_are_hooked_into_forward() -> None:
+    s = spec(subscribers=(NET_A, NET_B), sense_queue=9)
+    sense = rules.sense_rules(s)
+    assert sense, "a sense queue must produce rules"
+    for rule in sense:
+        assert rule[-5:] == ["-j", "NFQUEUE", "--queue-num", "9", "--queue-bypass"]
+        assert {"-s", "-d"} & set(rule)  # only traffic of subscribers is ever queued
+    tcp = [r for r in sense if "tcp" in r]
+    assert all("connbytes" in r for r in tcp)  # only the first packets of each TCP flow
+    cmds = joined(rules.build_commands(s))
+    assert f"{IPT} -I FORWARD 1 -j SWARMCACHE_SENSE" in cmds
+    restore = rules.build_restore(s)
+    assert ":SWARMCACHE_SENSE - [0:0]" in restore and "-I FORWARD 1 -j SWARMCACHE_SENSE" in restore
+    removal = joined(rules.build_removal(s))
+    assert f"{IPT} -D FORWARD -j SWARMCACHE_SENSE" in removal
+    assert f"{IPT} -X SWARMCACHE_SENSE" in removal
+    assert InterceptSpec.from_json(s.to_json()) == s
+    assert rules.sense_rules(spec()) == []
+
+
+def test_a_stalled_daemon_stops_sensing_too() -> None:
+    s = spec(chain="SCX", sense_queue=9)
+    run = FakeRun()
+    rules.disable_queue(s, run)
+    assert run.argvs == [f"{IPT} -F SCX_QUEUE", f"{IPT} -F SCX_SENSE"]
+    restore = rules.build_queue_restore(s)
+    assert ":SCX_SENSE - [0:0]" in restore and "--queue-num 9" in restore
+
+
+def test_sense_queue_must_differ_from_the_syn_queue() -> None:
+    with pytest.raises(ValueError, match="sense_queue"):
+        spec(queue_num=7, sense_queue=7)
