@@ -346,6 +346,7 @@ class LtNode:
         utp: bool = False,
         download_limit: int = 0,
         name: str | None = None,
+        dht_bootstrap: Sequence[str] = (),
     ) -> None:
         self.tb = testbed
         self.role = role
@@ -368,6 +369,8 @@ class LtNode:
             argv.append("--utp")
         if download_limit:
             argv += ["--download-limit", str(download_limit)]
+        for node in dht_bootstrap:
+            argv += ["--dht-bootstrap", node]
         self.argv = argv
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enc", choices=("disabled", "enabled", "forced"), default="disabled")
     p.add_argument("--utp", action="store_true", help="allow uTP (off: TCP only)")
     p.add_argument("--download-limit", type=int, default=0, help="bytes/s, 0 = unlimited")
+    p.add_argument(
+        "--dht-bootstrap",
+        action="append",
+        default=[],
+        metavar="IP:PORT",
+        help="turn the DHT on, bootstrapped only from these nodes (repeatable)",
+    )
     return p
 
 
@@ -68,11 +75,17 @@ def session_settings(args: argparse.Namespace) -> lt.settings_pack:
     enc = getattr(lt.enc_policy, args.enc)
     return {
         "listen_interfaces": f"{ip}:{port}",
-        "enable_dht": False,
+        # The DHT stays inside the namespaces: on only with explicit bootstrap nodes, and
+        # allowed to route among private addresses that share a /24 (as the testbed's do).
+        "enable_dht": bool(args.dht_bootstrap),
+        "dht_bootstrap_nodes": ",".join(args.dht_bootstrap),
+        "dht_restrict_routing_ips": False,
+        "dht_restrict_search_ips": False,
+        "dht_ignore_dark_internet": False,
+        "dht_prefer_verified_node_ids": False,
         "enable_lsd": False,
         "enable_upnp": False,
         "enable_natpmp": False,
-        "dht_bootstrap_nodes": "",
         "allow_multiple_connections_per_ip": True,
         "enable_outgoing_utp": args.utp,
         "enable_incoming_utp": args.utp,
