@@ -610,6 +610,17 @@ class TorrentDownload:
     def _got_metadata(self, info: bytes) -> None:
         meta = parse_info(info, self.info_hash)
         self._metadata = None
+        if meta.private:
+            # BEP 27: a private torrent is never cached; the service is told and stops us.
+            self.error = "private torrent (BEP 27): not cached"
+            self.meta = meta
+            if self._on_metadata is not None:
+                self._on_metadata(meta)
+            self._stopping = True
+            for remote in list(self._remotes.values()):
+                remote.sock.close(self.error)
+            self.done.set()
+            return
         self.store.add(
             self.info_hash,
             info=meta.info_bytes,

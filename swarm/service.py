@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from swarm.errors import RemoteProtocolError, SwarmError
 from swarm.local_tracker import LocalTracker
 from swarm.magnet import parse_magnet
 from swarm.metainfo import Metainfo, parse_info, parse_metainfo
+from swarm.popularity import Admission, PopularityTable
 from swarm.seeder import Seeder
 
 __all__ = ["PinResult", "SwarmOptions", "SwarmService", "TorrentStatus"]
@@ -90,9 +92,18 @@ class TorrentStatus:
 
 
 class SwarmService:
-    def __init__(self, torrents: TorrentStore, directory: str, options: SwarmOptions) -> None:
+    def __init__(
+        self,
+        torrents: TorrentStore,
+        directory: str,
+        options: SwarmOptions,
+        popularity: PopularityTable | None = None,
+    ) -> None:
         self.torrents = torrents
         self.options = options
+        # What the interceptor saw; kept in step here: pinned and held torrents are admitted,
+        # and a torrent becomes steerable once its info dict shows it is public.
+        self.popularity = popularity
         self.peer_id = make_peer_id()
         self._sources = Path(directory) / "torrents"
         self._executor = ThreadPoolExecutor(
@@ -107,6 +118,7 @@ class SwarmService:
             fetch=self._fetch_for_local_peer,
         )
         self.tracker: LocalTracker | None = None
+        self._pin_requested: set[bytes] = set()
         self._commit_task: asyncio.Task[None] | None = None
         # Counters that outlive each download (for metrics).
         self.pieces_fetched = 0
@@ -126,6 +138,7 @@ class SwarmService:
         )
         self._commit_task = asyncio.create_task(self._committer(), name="torrent commit")
         for info in self.torrents.list():
+            self._publicly_held(info.info_hash)
             if not info.complete:
                 self._resume(info)
 
@@ -194,6 +207,7 @@ class SwarmService:
             pinned=True,
         )
         self.torrents.pin(ih)
+        self._publicly_held(ih)
         self._save_sources(ih, trackers, peers)
         self._ensure_download(ih, meta, trackers, peers)
         return PinResult(ih, meta.name, True)
@@ -207,11 +221,46 @@ class SwarmService:
         self._save_sources(ih, magnet.trackers, magnet.peers)
         if known is not None:
             self.torrents.pin(ih)
+            self._publicly_held(ih)
             if not known.complete:
                 self._resume(known)
             return PinResult(ih, known.name, True)
+        self._pin_requested.add(ih)
         self._ensure_download(ih, None, magnet.trackers, magnet.peers)
         return PinResult(ih, magnet.display_name, False)
+
+    def admit(self, admission: Admission) -> None:
+        """The interceptor found a torrent popular: cache it (not pinned, so evictable)."""
+        ih = admission.info_hash
+        log.info("admitting %s (%s)", ih.hex(), admission.reason)
+        if self.torrents.get(ih) is None:
+            self._save_sources(ih, admission.trackers, ())
+        known = self.torrents.get(ih)
+        if known is not None:
+            self._publicly_held(ih)
+            if not known.complete:
+                self._resume(known)
+            return
+        self._ensure_download(ih, None, admission.trackers, ())
+
+    def learn_peers(self, info_hash: bytes, peers: list[tuple[str, int]]) -> None:
+        """Outside peers seen in replies to subscribers (trackers, DHT) for an admitted torrent."""
+        outside = [
+            p
+            for p in peers
+            if not any(ipaddress.ip_address(p[0]) in n for n in self.options.subscribers)
+        ]
+        if outside:
+            self.add_peers(info_hash, outside)
+
+    def _publicly_held(self, info_hash: bytes) -> None:
+        """The box holds (or fetches) this public torrent: steer local peers to it."""
+        if self.popularity is None:
+            return
+        now = time.monotonic()
+        # The table's pin means "admitted whatever the popularity": true of what we hold.
+        self.popularity.pin(info_hash, now=now)
+        self.popularity.mark_private(info_hash, now=now, private=False)
 
     async def purge(self, info_hash: bytes) -> bool:
         download = self.downloads.pop(info_hash, None)
@@ -219,6 +268,8 @@ class SwarmService:
             await download.stop()
             self._absorb(download)
         self.seeder.drop_torrent(info_hash)
+        if self.popularity is not None:
+            self.popularity.unadmit(info_hash)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._sources_path(info_hash))
         return self.torrents.purge(info_hash) or download is not None
@@ -319,10 +370,22 @@ class SwarmService:
         return download
 
     def _metadata_arrived(self, meta: Metainfo) -> None:
-        if meta.info_hash is not None:
-            self.torrents.pin(meta.info_hash)
-            trackers, peers = self._load_sources(meta.info_hash)
-            self._save_sources(meta.info_hash, [*trackers, *meta.trackers], peers)
+        ih = meta.info_hash
+        if ih is None:
+            return
+        if meta.private:
+            # BEP 27: never cached, never steered. The download stopped itself.
+            log.warning("%s is a private torrent: not cached", ih.hex())
+            if self.popularity is not None:
+                self.popularity.mark_private(ih, now=time.monotonic())
+            return
+        pinned = ih in self._pin_requested
+        self._pin_requested.discard(ih)
+        if pinned:
+            self.torrents.pin(ih)
+        self._publicly_held(ih)
+        trackers, peers = self._load_sources(ih)
+        self._save_sources(ih, [*trackers, *meta.trackers], peers)
 
     def _fetch_for_local_peer(self, info_hash: bytes, index: int) -> asyncio.Future[None] | None:
         download = self.downloads.get(info_hash)

@@ -185,9 +185,32 @@ class BittorrentConfig:
     hashing_threads: int = 2
     # Source address for connections to outside peers; "" lets the kernel choose.
     bind: str = ""
+    # Sense subscribers' BitTorrent traffic, admit popular torrents, steer local peers to the
+    # box (needs intercept.enabled and an address local peers can reach: see steer_address).
+    steering: bool = False
+    # Address:port put into peer lists going to subscribers; "" = bittorrent.listen.
+    steer_address: str = ""
+    # TCP ports of HTTP trackers diverted through the box (port 80 is intercepted anyway).
+    tracker_ports: tuple[int, ...] = (6969,)
+    # Distinct local peers (by IP) that make a torrent worth caching.
+    admit_min_local_peers: int = 2
+    # NFQUEUE number for the sensing rules (must differ from intercept.queue_num).
+    sense_queue: int = 8
 
     def validate(self) -> None:
         parse_hostport(self.listen, key="bittorrent.listen")
+        _hostport_or_empty(self.steer_address, "bittorrent.steer_address")
+        if self.steering and self.steer_host_port()[0] == "0.0.0.0":
+            raise ConfigError(
+                "bittorrent.steer_address: required when bittorrent.listen is a wildcard "
+                "address (peers must be given an address they can reach)"
+            )
+        for port in self.tracker_ports:
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"bittorrent.tracker_ports: {port} is out of range 1-65535")
+        _positive(self.admit_min_local_peers, "bittorrent.admit_min_local_peers")
+        if not 0 <= self.sense_queue <= 65535:
+            raise ConfigError("bittorrent.sense_queue: must be 0-65535")
         _hostport_or_empty(self.tracker_listen, "bittorrent.tracker_listen")
         if not 1 <= self.announce_port <= 65535:
             raise ConfigError("bittorrent.announce_port: must be 1-65535")
@@ -209,6 +232,11 @@ class BittorrentConfig:
             except ValueError:
                 msg = f"bittorrent.bind: {self.bind!r} is not an IPv4 address"
                 raise ConfigError(msg) from None
+
+    def steer_host_port(self) -> tuple[str, int]:
+        if self.steer_address:
+            return parse_hostport(self.steer_address, key="bittorrent.steer_address")
+        return parse_hostport(self.listen, key="bittorrent.listen")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +276,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> Config:
+        if self.bittorrent.steering and self.bittorrent.sense_queue == self.intercept.queue_num:
+            raise ConfigError("bittorrent.sense_queue: must differ from intercept.queue_num")
         for section in (
             self.cache,
             self.http,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from typing import Any
 
 from aiohttp import web
@@ -18,7 +19,10 @@ from cache.store import Store
 from cache.torrents import TorrentStore
 from swarm.downloader import DownloadLimits
 from swarm.errors import SwarmError
+from swarm.popularity import PopularityTable
+from swarm.sensor import Sensor
 from swarm.service import SwarmOptions, SwarmService
+from swarmcache.btsensing import BitTorrentSensing
 from swarmcache.config import Config, parse_hostport
 from swarmcache.http.accesslog import AccessLog
 from swarmcache.http.handler import CacheHandler
@@ -43,10 +47,28 @@ class Daemon:
         self.limits = ConnectionLimits(config.http.max_connections_per_client)
         self.torrents: TorrentStore | None = None
         self.swarm: SwarmService | None = None
-        if config.bittorrent.enabled:
+        self.popularity: PopularityTable | None = None
+        self.sensing: BitTorrentSensing | None = None
+        self._sensequeue: Any = None
+        bt = config.bittorrent
+        if bt.enabled:
+            if bt.steering and config.intercept.enabled:
+                self.popularity = PopularityTable(min_local_peers=bt.admit_min_local_peers)
             self.torrents = TorrentStore(self.store)
-            self.swarm = SwarmService(self.torrents, config.cache.dir, self._swarm_options())
+            self.swarm = SwarmService(
+                self.torrents, config.cache.dir, self._swarm_options(), self.popularity
+            )
             swarm = self.swarm
+            if self.popularity is not None:
+                sensor = Sensor(
+                    box=bt.steer_host_port(),
+                    popularity=self.popularity,
+                    admit=swarm.admit,
+                    learn_peers=swarm.learn_peers,
+                )
+                self.sensing = BitTorrentSensing(sensor, config.intercept.subscriber_networks)
+                self.handler.announce_hook = self.sensing
+                self.metrics.watch_sensing(self._sensing_figures)
             self.metrics.watch_swarm(
                 swarm.counters,
                 lambda: [
@@ -66,6 +88,21 @@ class Daemon:
         self.proxy_address: tuple[str, int] | None = None
         self.transparent_port: int | None = None
         self.admin_address: tuple[str, int] | None = None
+
+    def _sensing_figures(self) -> dict[str, Any]:
+        assert self.sensing is not None and self.popularity is not None
+        queue = self._sensequeue
+        sensor = self.sensing.sensor
+        return {
+            "packets": dict(queue.kinds) if queue is not None else {},
+            "rewritten": queue.rewritten if queue is not None else 0,
+            "handler_errors": queue.handler_errors if queue is not None else 0,
+            "stale": queue.stale if queue is not None else 0,
+            "latency": queue.latency_quantiles() if queue is not None else None,
+            "sightings": dict(sensor.sightings),
+            "steered": dict(sensor.steered),
+            "torrents_seen": len(self.popularity),
+        }
 
     def _swarm_options(self) -> SwarmOptions:
         bt = self.config.bittorrent
@@ -136,6 +173,12 @@ class Daemon:
 
         loop = asyncio.get_running_loop()
         icfg = self.config.intercept
+        bt = self.config.bittorrent
+        ports = icfg.ports
+        sense_queue: int | None = None
+        if self.sensing is not None:
+            ports = tuple(dict.fromkeys((*icfg.ports, *bt.tracker_ports)))
+            sense_queue = bt.sense_queue
         sock = transparent_listener("0.0.0.0", icfg.listen_port)
         server = await loop.create_server(
             connection_factory(self._context("transparent", transparent=True)), sock=sock
@@ -144,13 +187,19 @@ class Daemon:
         self.transparent_port = icfg.listen_port
         spec = rules.InterceptSpec(
             subscribers=icfg.subscriber_networks,
-            ports=icfg.ports,
+            ports=ports,
             listen_port=icfg.listen_port,
             queue_num=icfg.queue_num,
             route_table=icfg.route_table,
+            sense_queue=sense_queue,
         )
         self._synqueue = SynQueue(icfg.queue_num)
         self._synqueue.start(loop)
+        if self.sensing is not None and sense_queue is not None:
+            from interceptor.sensequeue import SenseQueue
+
+            self._sensequeue = SenseQueue(sense_queue, self.sensing)
+            self._sensequeue.start(loop)
         rules.install(spec)
         self._intercept = spec
         self._watchdog = Watchdog.start(spec, timeout=icfg.watchdog_timeout)
@@ -180,6 +229,7 @@ class Daemon:
         app.router.add_post("/api/torrents", self._pin_view)
         app.router.add_get("/api/torrents/{info_hash}", self._torrent_view)
         app.router.add_delete("/api/torrents/{info_hash}", self._purge_view)
+        app.router.add_get("/api/bittorrent/seen", self._seen_view)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -278,6 +328,34 @@ class Daemon:
             status=201,
         )
 
+    async def _seen_view(self, request: web.Request) -> web.Response:
+        """What the interceptor sees of subscribers' BitTorrent traffic."""
+        if self.popularity is None or self.sensing is None:
+            raise web.HTTPNotFound(
+                text="BitTorrent sensing is off (bittorrent.steering, intercept.enabled)\n"
+            )
+        now = time.monotonic()
+        torrents = [
+            {
+                "info_hash": t.info_hash.hex(),
+                "local_peers": t.local_peers,
+                "bytes_seen": t.bytes_seen,
+                "seen_for_s": round(now - t.first_seen, 1),
+                "last_seen_s_ago": round(now - t.last_seen, 1),
+                "admitted": t.admitted,
+                "private": t.private,
+                "trackers": list(t.trackers),
+                "sources": dict(t.sources),
+            }
+            for t in self.popularity.snapshot(now=now)
+        ]
+        figures = self._sensing_figures()
+        latency = figures.pop("latency")
+        figures["verdict_latency_s"] = (
+            None if latency is None else {"p50": latency[0], "p99": latency[1]}
+        )
+        return web.json_response({"torrents": torrents, **figures})
+
     async def _purge_view(self, request: web.Request) -> web.Response:
         swarm = self._swarm_or_404()
         info_hash = self._info_hash(request)
@@ -299,6 +377,9 @@ class Daemon:
         if self._synqueue is not None:
             self._synqueue.close()
             self._synqueue = None
+        if self._sensequeue is not None:
+            self._sensequeue.close()
+            self._sensequeue = None
         for server in self._servers:
             server.close()
         await self.handler.close()

@@ -9,6 +9,7 @@ rate(requests)``) so they can be taken over any window.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -93,6 +94,65 @@ class _SwarmCollector(Collector):
         yield progress
 
 
+class _SensingCollector(Collector):
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        f = self._read()
+        packets = CounterMetricFamily(
+            "swarmcache_bt_sensed_packets",
+            "Packets the sensing queue classified, by kind",
+            labels=["kind"],
+        )
+        for kind, n in sorted(f["packets"].items()):
+            packets.add_metric([kind.lower()], n)
+        yield packets
+        yield CounterMetricFamily(
+            "swarmcache_bt_rewritten_packets",
+            "Datagrams to subscribers rewritten to add the box to a peer list",
+            value=f["rewritten"],
+        )
+        yield CounterMetricFamily(
+            "swarmcache_bt_sensing_errors",
+            "Packets whose handling failed (accepted untouched)",
+            value=f["handler_errors"],
+        )
+        yield CounterMetricFamily(
+            "swarmcache_bt_sensing_stale_packets",
+            "Packets accepted unseen because the daemon had stalled",
+            value=f["stale"],
+        )
+        sightings = CounterMetricFamily(
+            "swarmcache_bt_sightings", "Torrent sightings by source", labels=["source"]
+        )
+        for source, n in sorted(f["sightings"].items()):
+            sightings.add_metric([source], n)
+        yield sightings
+        steered = CounterMetricFamily(
+            "swarmcache_bt_steered_replies",
+            "Peer lists sent to subscribers with the box added, by channel",
+            labels=["channel"],
+        )
+        for channel in ("http_tracker", "udp_tracker", "dht"):
+            steered.add_metric([channel], f["steered"].get(channel, 0))
+        yield steered
+        yield GaugeMetricFamily(
+            "swarmcache_bt_torrents_seen",
+            "Torrents in the popularity table",
+            value=f["torrents_seen"],
+        )
+        latency = GaugeMetricFamily(
+            "swarmcache_bt_verdict_latency_seconds",
+            "Recent NFQUEUE verdict latency (queue time + handling)",
+            labels=["quantile"],
+        )
+        if f["latency"] is not None:
+            latency.add_metric(["0.5"], f["latency"][0])
+            latency.add_metric(["0.99"], f["latency"][1])
+        yield latency
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -162,6 +222,9 @@ class Metrics:
         torrents: Callable[[], list[tuple[str, str, float]]],
     ) -> None:
         self.registry.register(_SwarmCollector(counters, torrents))
+
+    def watch_sensing(self, read: Callable[[], dict[str, Any]]) -> None:
+        self.registry.register(_SensingCollector(read))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
