@@ -229,7 +229,8 @@ _TCP_PAYLOAD = "0>>22&0x3C@12>>26&0x3C@"
 _UDP_PAYLOAD = "0>>22&0x3C@8"
 _U32_BT_HANDSHAKE = _TCP_PAYLOAD + "0=0x13426974"  # "\x13Bit"
 _U32_HTTP_GET = _TCP_PAYLOAD + "0=0x47455420"  # "GET "
-_U32_DHT = _UDP_PAYLOAD + ">>8=0x64313a"  # "d1:" (a KRPC dict)
+# A KRPC dict: "d" and the first key's length digit ("d1:a..." queries, "d2:ip..." replies).
+_U32_DHT = _UDP_PAYLOAD + ">>16=0x6431:0x6439"
 _U32_TRACKER_CONNECT = "0>>22&0x3C@8=0x417&&0>>22&0x3C@12=0x27101980"  # BEP 15 magic
 _U32_TRACKER_ANNOUNCE = "0>>22&0x3C@16=0x1"  # action 1 after the 8-byte connection id
 _U32_TRACKER_REPLY = _UDP_PAYLOAD + "=0x1"  # announce response: action 1 first
@@ -245,8 +246,7 @@ def sense_rules(spec: InterceptSpec) -> list[list[str]]:
         return []
     queue = f"-j NFQUEUE --queue-num {spec.sense_queue} --queue-bypass".split()
     early = (
-        f"-m connbytes --connbytes {_SENSE_CONNBYTES} --connbytes-dir both "
-        "--connbytes-mode packets"
+        f"-m connbytes --connbytes {_SENSE_CONNBYTES} --connbytes-dir both --connbytes-mode packets"
     ).split()
     out: list[list[str]] = []
     for net in map(str, spec.subscribers):

@@ -29,7 +29,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, cast
 
 from cache.torrents import TorrentStore
 from swarm.errors import RemoteProtocolError
@@ -62,6 +62,7 @@ from swarm.peerwire import (
     piece_header,
 )
 from swarm.peerwire import Have as HaveMessage
+from swarm.utp import reset_for_syn
 
 __all__ = ["Fetch", "Seeder", "SeederStats"]
 
@@ -128,6 +129,7 @@ class Seeder:
         self._peers: dict[PeerSocket, _Local] = {}
         self._payloads: dict[bytes, _Payload] = {}
         self._listener: socket.socket | None = None
+        self._utp: asyncio.DatagramTransport | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._waits: set[asyncio.Future[None]] = set()
 
@@ -152,6 +154,11 @@ class Seeder:
         sock.setblocking(False)
         self._listener = sock
         self._accept_task = asyncio.create_task(self._accept_loop(), name="seeder accept")
+        # uTP on the same port: refused at once, so clients fall back to TCP without delay.
+        loop = asyncio.get_running_loop()
+        self._utp, _ = await loop.create_datagram_endpoint(
+            lambda: _UtpRefuser(self.subscribers), local_addr=self.address
+        )
 
     async def close(self) -> None:
         if self._accept_task is not None:
@@ -160,6 +167,8 @@ class Seeder:
                 await self._accept_task
         if self._listener is not None:
             self._listener.close()
+        if self._utp is not None:
+            self._utp.close()
         for peer in list(self._peers):
             peer.close("shutting down")
         for wait in list(self._waits):
@@ -363,3 +372,20 @@ class Seeder:
         peer.send_file(payload.fd, piece_offset + req.begin, req.length, sent)
         if peer.queued_bytes > self.high_water:
             peer.pause_reading()
+
+
+class _UtpRefuser(asyncio.DatagramProtocol):
+    def __init__(self, subscribers: tuple[ipaddress.IPv4Network, ...]) -> None:
+        self.subscribers = subscribers
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        address = ipaddress.ip_address(addr[0])
+        if self.transport is None or not any(address in n for n in self.subscribers):
+            return
+        reset = reset_for_syn(data)
+        if reset is not None:
+            self.transport.sendto(reset, addr)

@@ -219,7 +219,12 @@ class CacheHandler:
             query = target.path.partition(b"?")[2]
             rewrite = self.announce_hook.announce(conn.client_ip, target.url, query)
             exchange.result = "pass"
-            return self._forward(conn, exchange, invalidate=False, rewrite=rewrite)
+            # A tracker records the announcer's address: in transparent mode it must see the
+            # subscriber's, not the box's, or other peers would be sent to the box's address.
+            source = conn.client_ip if conn.ctx.transparent else None
+            return self._forward(
+                conn, exchange, invalidate=False, rewrite=rewrite, source_ip=source
+            )
         action = policy.classify_request(request.method, request.headers)
         if action is policy.RequestAction.LOOKUP and request.get(b"upgrade") is None:
             served = self._fast_hit(conn, exchange)
@@ -521,7 +526,9 @@ class CacheHandler:
         self.store.drop_blob(meta.blob)
 
     # --- misses -----------------------------------------------------------------------
-    async def _open_upstream(self, target: Target) -> UpstreamConnection:
+    async def _open_upstream(
+        self, target: Target, source_ip: str | None = None
+    ) -> UpstreamConnection:
         host = target.host
         http = self.config.http
         if not _is_address(host):
@@ -543,6 +550,7 @@ class CacheHandler:
             idle_timeout=http.upstream_idle_timeout,
             max_head_bytes=http.max_head_bytes,
             max_headers=http.max_headers,
+            source_ip=source_ip,
         )
 
     def _upstream_fields(
@@ -929,10 +937,11 @@ class CacheHandler:
         *,
         invalidate: bool,
         rewrite: BodyRewrite | None = None,
+        source_ip: str | None = None,
     ) -> bool:
         request = ex.request
         try:
-            upstream = await self._open_upstream(ex.target)
+            upstream = await self._open_upstream(ex.target, source_ip)
         except PermissionError as exc:
             return self._error(conn, ex, 403, str(exc))
         except UpstreamError as exc:

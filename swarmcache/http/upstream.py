@@ -30,6 +30,9 @@ from swarmcache.http.parser import (
 __all__ = ["UpstreamConnection", "UpstreamError"]
 
 
+_IP_TRANSPARENT = 19  # linux/in.h; not exported by the socket module on 3.11
+
+
 class UpstreamError(ConnectionError):
     """The origin could not be reached or broke the exchange."""
 
@@ -131,14 +134,29 @@ class UpstreamConnection:
         high_water: int = 1 << 20,
         max_head_bytes: int = 65536,
         max_headers: int = 100,
+        source_ip: str | None = None,
     ) -> UpstreamConnection:
+        """``source_ip``: connect *from* this (foreign) address with IP_TRANSPARENT, so the
+        origin sees the subscriber, not the box (for trackers, which record the announcer's
+        address); the interception rules deliver the replies to this socket."""
         loop = asyncio.get_running_loop()
+        sock: socket.socket | None = None
         try:
+            if source_ip is not None:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_IP, _IP_TRANSPARENT, 1)
+                sock.setblocking(False)
+                sock.bind((source_ip, 0))
+                await asyncio.wait_for(loop.sock_connect(sock, (host, port)), connect_timeout)
             transport, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _UpstreamProtocol(high_water), host, port),
+                loop.create_connection(lambda: _UpstreamProtocol(high_water), host, port)
+                if sock is None
+                else loop.create_connection(lambda: _UpstreamProtocol(high_water), sock=sock),
                 connect_timeout,
             )
         except (OSError, TimeoutError) as exc:
+            if sock is not None:
+                sock.close()
             raise UpstreamError(f"cannot connect to {host}:{port}: {exc or 'timeout'}") from exc
         sock = transport.get_extra_info("socket")
         if sock is not None:
