@@ -16,7 +16,7 @@ def test_a_syn_is_answered_with_a_reset_on_its_connection_id() -> None:
     syn = HEADER.pack(0x41, 0, 0xE213, 1000, 0, 0, 0x8B55, 0)
     reset = reset_for_syn(syn, now_us=5000)
     assert reset is not None
-    kind, ext, conn, ts, diff, wnd, seq, ack = HEADER.unpack(reset)
+    kind, ext, conn, ts, diff, _wnd, _seq, ack = HEADER.unpack(reset)
     assert (kind, ext, conn, ts, diff, ack) == (0x31, 0, 0xE213, 5000, 4000, 0x8B55)
 
 
