@@ -455,8 +455,11 @@ class TorrentDownload:
         if self._hashing >= self.limits.max_hashing or self._stopping:
             return
         peer = remote.sock
-        want = remote.queue_target - picker.outstanding(peer)
-        if want <= 0:
+        outstanding = picker.outstanding(peer)
+        want = remote.queue_target - outstanding
+        # Top up in batches, not one request per arriving block: a few requests per write
+        # (and per picker call) instead of one, while the pipe never runs dry.
+        if want <= 0 or (outstanding and want < min(16, max(1, remote.queue_target // 4))):
             return
         for limiter in self._limiters:
             want = min(want, limiter.take(want * BLOCK_SIZE) // BLOCK_SIZE)
@@ -721,13 +724,17 @@ class TorrentDownload:
         return max(0, self.meta.total_length - self.picker.have_count * self.meta.piece_length)
 
     def _finish(self) -> None:
-        self.store.commit()
+        # Durable soon (the commit, an fdatasync, runs in a worker thread), serving already.
+        self._spawn(self._commit(), "commit")
         self.done.set()
         for remote in list(self._remotes.values()):
             remote.sock.close("download complete")
         # Tell trackers once, without waiting for it.
         for url in self.trackers:
             self._spawn(self._announce_completed(url), f"completed {url}")
+
+    async def _commit(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.store.commit)
 
     async def _announce_completed(self, url: str) -> None:
         assert self.meta is not None

@@ -82,6 +82,9 @@ class PeerSocket:
         self.queued_bytes = 0
         self._writing = False
         self._reading = False
+        # While received messages are being handled, sends are only queued: everything the
+        # handler answers to one read batch leaves in one gathered write at its end.
+        self._batching = False
         self._loop = asyncio.get_running_loop()
 
     def __repr__(self) -> str:
@@ -103,6 +106,15 @@ class PeerSocket:
             self._loop.remove_reader(self.fd)
 
     def _on_readable(self) -> None:
+        self._batching = True
+        try:
+            self._read_batch()
+        finally:
+            self._batching = False
+        if self._out and not self.closed:
+            self._flush()
+
+    def _read_batch(self) -> None:
         got = 0
         try:
             while got < _TURN_BYTES and self._reading:
@@ -159,8 +171,8 @@ class PeerSocket:
         self._flush()
 
     def _flush(self) -> None:
-        if self._writing:
-            return  # the writer callback will get to it
+        if self._writing or self._batching:
+            return  # the writer callback, or the end of the read batch, will get to it
         try:
             done = self._write_some()
         except OSError as exc:
@@ -202,12 +214,17 @@ class PeerSocket:
                         head.on_sent(n)
                 continue
             batch: list[bytes] = []
+            more = 0
             for item in out:
-                if not isinstance(item, bytes) or len(batch) >= _GATHER_MAX:
+                if not isinstance(item, bytes):
+                    # A block follows its piece header: let the kernel put both in one segment.
+                    more = socket.MSG_MORE
+                    break
+                if len(batch) >= _GATHER_MAX:
                     break
                 batch.append(item)
             try:
-                n = self.sock.sendmsg(batch)
+                n = self.sock.sendmsg(batch, (), more)
             except BlockingIOError:
                 return False
             self.queued_bytes -= n

@@ -33,6 +33,10 @@ from swarm.errors import LocalProtocolError
 __all__ = ["BLOCK_SIZE", "BlockRequest", "Picker"]
 
 BLOCK_SIZE: Final = 16 * 1024
+# End-game duplicates asked of one peer per pick. Every duplicate already in flight when the
+# original arrives is wasted uplink, and with queues sized to seconds of data an uncapped
+# end-game re-requested megabytes (15 % extra bytes in the benchmark).
+END_GAME_BATCH: Final = 4
 
 Peer = Hashable
 
@@ -237,8 +241,10 @@ class Picker:
             self._take_from(peer, state, self._partial(index), count, picked)
             if len(picked) >= count:
                 return picked
-        if not picked:
-            self._end_game(peer, state, count, picked)
+        if not picked and not state.outstanding:
+            # Only a peer with nothing left to do helps with the tail (as libtorrent does):
+            # a busy peer duplicating blocks would mostly waste the uplink.
+            self._end_game(peer, state, min(count, END_GAME_BATCH), picked)
         return picked
 
     def _candidates(self) -> list[int]:
@@ -276,7 +282,7 @@ class Picker:
 
     def _end_game(self, peer: Peer, state: _PeerState, count: int, out: list[BlockRequest]) -> None:
         """Strict end-game: every block this peer could give us is already requested, so ask
-        it for blocks outstanding elsewhere, each at most once more."""
+        it for blocks outstanding elsewhere, each at most once more, a few at a time."""
         for partial in self._partials.values():
             if not state.has(partial.index) or (partial.suspect and partial.exclusive != peer):
                 continue

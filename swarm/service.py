@@ -125,6 +125,7 @@ class SwarmService:
         self.bytes_fetched = 0
         self.bad_pieces = 0
         self.banned_peers = 0
+        self.wasted_bytes = 0
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -175,6 +176,7 @@ class SwarmService:
         self.bytes_fetched += stats.downloaded
         self.bad_pieces += stats.bad_pieces
         self.banned_peers += stats.banned
+        self.wasted_bytes += stats.wasted
         download.stats = type(stats)()
 
     # --- operator verbs --------------------------------------------------------------------
@@ -302,7 +304,7 @@ class SwarmService:
         return {
             "pieces_fetched": self.pieces_fetched + sum(s.pieces_fetched for s in live),
             "outside_bytes": self.bytes_fetched + sum(s.downloaded for s in live),
-            "wasted_bytes": sum(s.wasted for s in live),
+            "wasted_bytes": self.wasted_bytes + sum(s.wasted for s in live),
             "bad_pieces": self.bad_pieces + sum(s.bad_pieces for s in live),
             "banned_peers": self.banned_peers + sum(s.banned for s in live),
             "local_served_bytes": seeder.bytes_served,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarm.errors import LocalProtocolError
-from swarm.picker import BLOCK_SIZE, BlockRequest, Picker
+from swarm.picker import BLOCK_SIZE, END_GAME_BATCH, BlockRequest, Picker
 
 PIECE = 4 * BLOCK_SIZE
 
@@ -91,7 +91,9 @@ def test_strict_end_game_duplicates_only_when_nothing_is_free() -> None:
     slow = p.pick("slow", 3)  # 3 of 4 blocks
     fast = p.pick("fast", 10)
     assert len(fast) == 1  # the one free block, no duplicate while a block is free
-    dup = p.pick("fast", 10)
+    assert p.pick("fast", 10) == []  # busy peers do not duplicate
+    assert p.block_received("fast", fast[0].index, fast[0].begin, fast[0].length)[0]
+    dup = p.pick("fast", 10)  # idle now: it helps with the tail
     assert {(r.index, r.begin) for r in dup} == {(r.index, r.begin) for r in slow}
     ok, cancel = p.block_received("fast", dup[0].index, dup[0].begin, dup[0].length)
     assert ok and cancel == ["slow"]
@@ -122,6 +124,15 @@ def test_a_departed_peer_returns_its_blocks() -> None:
     assert len(p.pick("a", 4)) == 4
     p.remove_peer("a")
     assert len(p.pick("b", 4)) == 4
+
+
+def test_end_game_duplicates_come_a_few_at_a_time() -> None:
+    p = Picker(1, 64 * BLOCK_SIZE, 64 * BLOCK_SIZE, rng=random.Random(10))
+    for name in ("slow", "idle"):
+        p.add_peer(name)
+        p.peer_has_all(name)
+    assert len(p.pick("slow", 64)) == 64
+    assert len(p.pick("idle", 64)) == END_GAME_BATCH
 
 
 def test_a_failed_piece_is_refetched_whole_from_one_peer() -> None:
