@@ -122,6 +122,8 @@ class Picker:
         self._have_all_peers = 0
         self._peers: dict[Peer, _PeerState] = {}
         self._partials: dict[int, _Partial] = {}
+        # The partials that still have a free block: what a pick walks first.
+        self._open: dict[int, _Partial] = {}
         self._priority: dict[int, None] = {}  # insertion-ordered set
         self._order: list[int] = []
         self._order_dirty = True
@@ -230,17 +232,27 @@ class Picker:
                 self._take_from(peer, state, self._partial(index), count, picked)
             if len(picked) >= count:
                 return picked
-        for partial in list(self._partials.values()):
+        for partial in list(self._open.values()):
             if state.has(partial.index):
                 self._take_from(peer, state, partial, count, picked)
                 if len(picked) >= count:
                     return picked
-        for index in self._candidates():
-            if self._have[index] or index in self._partials or not state.has(index):
+        order = self._candidates()
+        settled = 0  # leading entries that are held or started: never candidates again
+        for pos, index in enumerate(order):
+            if self._have[index] or index in self._partials:
+                if pos == settled:
+                    settled += 1
+                continue
+            if not state.has(index):
                 continue
             self._take_from(peer, state, self._partial(index), count, picked)
             if len(picked) >= count:
-                return picked
+                break
+        if settled and order is self._order:
+            del self._order[:settled]
+        if len(picked) >= count:
+            return picked
         if not picked and not state.outstanding:
             # Only a peer with nothing left to do helps with the tail (as libtorrent does):
             # a busy peer duplicating blocks would mostly waste the uplink.
@@ -264,6 +276,7 @@ class Picker:
         partial = self._partials.get(index)
         if partial is None:
             partial = self._partials[index] = _Partial(index, self.piece_size(index))
+            self._open[index] = partial
         return partial
 
     def _take_from(
@@ -279,6 +292,8 @@ class Picker:
             partial.requested[b] = {peer}
             state.outstanding.add((partial.index, b))
             out.append(partial.block(b))
+        if not partial.free:
+            self._open.pop(partial.index, None)
 
     def _end_game(self, peer: Peer, state: _PeerState, count: int, out: list[BlockRequest]) -> None:
         """Strict end-game: every block this peer could give us is already requested, so ask
@@ -350,9 +365,11 @@ class Picker:
             del partial.requested[b]
             if not partial.received[b]:
                 partial.free.appendleft(b)
+                self._open[index] = partial
 
     def piece_verified(self, index: int) -> None:
         self._partials.pop(index, None)
+        self._open.pop(index, None)
         self._priority.pop(index, None)
         if not self._have[index]:
             self._have[index] = 1
@@ -368,7 +385,9 @@ class Picker:
                     st = self._peers.get(asker)
                     if st is not None:
                         st.outstanding.discard((index, b))
-        self._partials[index] = _Partial(index, self.piece_size(index), suspect=True)
+        self._partials[index] = self._open[index] = _Partial(
+            index, self.piece_size(index), suspect=True
+        )
 
     def outstanding_requests(self, peer: Peer) -> list[BlockRequest]:
         state = self._peers.get(peer)
