@@ -64,7 +64,13 @@ def _add_torrent_commands(sub: Any) -> None:
     torrents = sub.add_parser("torrents", help="list torrents in the cache")
     purge = sub.add_parser("purge", help="remove a torrent and its pieces from the cache")
     purge.add_argument("info_hash", help="40 hex digits")
-    for cmd in (pin, torrents, purge):
+    seen = sub.add_parser(
+        "seen",
+        help="what the box sees of subscribers' BitTorrent traffic",
+        description="Torrents sighted in subscribers' traffic (handshakes, tracker announces, "
+        "DHT), which ones are admitted, packets by kind, steered replies, verdict latency.",
+    )
+    for cmd in (pin, torrents, purge, seen):
         cmd.add_argument(
             "--admin",
             metavar="URL",
@@ -147,6 +153,28 @@ def _run_torrent_command(args: argparse.Namespace) -> int:
                     f"{'pinned ' if t['pinned'] else ''}{t['name'] or '?'}"
                 )
             return EXIT_OK
+        if args.command == "seen":
+            view = client.request("GET", "/api/bittorrent/seen")
+            if args.json:
+                print(json.dumps(view, indent=2))
+                return EXIT_OK
+            for t in view["torrents"]:
+                flags = "admitted" if t["admitted"] else "seen"
+                if t["private"]:
+                    flags = "private"
+                sources = ",".join(f"{k}:{v}" for k, v in sorted(t["sources"].items()))
+                print(f"{t['info_hash']}  {flags:8}  local peers {t['local_peers']:>3}  {sources}")
+            packets = ", ".join(f"{k.lower()} {v}" for k, v in sorted(view["packets"].items()))
+            print(f"packets: {packets or 'none'}; rewritten {view['rewritten']}")
+            steered = ", ".join(f"{k} {v}" for k, v in sorted(view["steered"].items()))
+            print(f"steered replies: {steered or 'none'}")
+            latency = view.get("verdict_latency_s")
+            if latency:
+                print(
+                    f"verdict latency p50 {latency['p50'] * 1e6:.0f} us, "
+                    f"p99 {latency['p99'] * 1e6:.0f} us"
+                )
+            return EXIT_OK
         if args.command == "purge":
             result = client.request("DELETE", f"/api/torrents/{args.info_hash}")
             print(json.dumps(result) if args.json else f"purged {args.info_hash}")
@@ -200,7 +228,7 @@ def _pin(client: Any, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("pin", "torrents", "purge"):
+    if args.command in ("pin", "torrents", "purge", "seen"):
         return _run_torrent_command(args)
     try:
         config = config_from_args(args)

@@ -153,8 +153,14 @@ def test_tracker_replies_steer_later_clients_to_the_box(
         for s in seeds:
             s.wait_seeding()
         _clients_after_admission(testbed, gateway, tmp_path, torrent, payload, info_hash)
-    seen = _api(gateway, "/api/bittorrent/seen")
+    out = testbed.run(
+        "gw", sys.executable, "-m", "swarmcache", "seen", "--json",
+        "--admin", "http://127.0.0.1:9480",
+    )  # fmt: skip
+    seen = json.loads(out.stdout)
     row = next(t for t in seen["torrents"] if t["info_hash"] == info_hash)
+    kind = "HTTP_ANNOUNCE" if scheme == "http" else "UDP_TRACKER_ANNOUNCE"
+    assert scheme == "http" or seen["packets"].get(kind, 0) >= 1, seen["packets"]
     assert row["admitted"] and row["private"] is False
     channel = "http_tracker" if scheme == "http" else "udp_tracker"
     steered = _metric(gateway, f'swarmcache_bt_steered_replies_total{{channel="{channel}"}}')

@@ -16,7 +16,9 @@ def _dead_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("argv", [["torrents"], ["purge", "00" * 20], ["pin", "magnet:?x"]])
+@pytest.mark.parametrize(
+    "argv", [["torrents"], ["purge", "00" * 20], ["pin", "magnet:?x"], ["seen"]]
+)
 def test_a_stopped_daemon_is_reported_not_a_traceback(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
