@@ -797,11 +797,14 @@ class CacheHandler:
         """Send a growing body to one client, from its own offset, at its own pace."""
         request = ex.request
         head = fill.head
-        if head.length is not None and _has_conditionals(request):
-            plan = plan_hit(request, head.status, head.headers, head.length)
+        # A body the origin sent without a length has one once the fill is complete: a client
+        # joining between then and the index update gets it framed like a stored hit.
+        length = fill.size if head.length is None and fill.complete else head.length
+        if length is not None and _has_conditionals(request):
+            plan = plan_hit(request, head.status, head.headers, length)
             if plan.status != head.status:
                 return await self._answer_from_fill(conn, ex, fill, fd, plan, cache_status)
-        chunked, keep_alive, extra = _framing(request, head.length, has_body=True)
+        chunked, keep_alive, extra = _framing(request, length, has_body=True)
         if request.method == b"HEAD":
             extra = [f for f in extra if f[0] != b"transfer-encoding"]
         age = _age_value(head, time.time())
