@@ -73,6 +73,7 @@ from swarm.peerwire import (
 from swarm.picker import BLOCK_SIZE, Picker
 from swarm.tracker_client import announce
 from swarm.tracker_http import AnnounceRequest
+from swarm.tracker_http import Event as TrackerEvent
 
 __all__ = ["DownloadLimits", "DownloadStats", "RateLimiter", "TorrentDownload", "make_peer_id"]
 
@@ -691,20 +692,22 @@ class TorrentDownload:
                 for remote in list(self._remotes.values()):
                     self._fill_requests(remote)
 
+    def _announce_request(self, event: TrackerEvent | None, *, numwant: int) -> AnnounceRequest:
+        return AnnounceRequest(
+            info_hash=self.info_hash,
+            peer_id=self.peer_id,
+            port=self.listen_port,
+            uploaded=0,
+            downloaded=self.stats.downloaded,
+            left=self._left(),
+            event=event,
+            numwant=numwant,
+        )
+
     async def _announcer(self, url: str) -> None:
-        event: str | None = "started"
+        event: TrackerEvent | None = "started"
         while not self._stopping:
-            left = self._left()
-            req = AnnounceRequest(
-                info_hash=self.info_hash,
-                peer_id=self.peer_id,
-                port=self.listen_port,
-                uploaded=0,
-                downloaded=self.stats.downloaded,
-                left=left,
-                event=event,  # type: ignore[arg-type]
-                numwant=200,
-            )
+            req = self._announce_request(event, numwant=200)
             interval = 60.0
             try:
                 response = await announce(url, req, timeout=15.0, udp_base_timeout=3.0)
@@ -737,17 +740,7 @@ class TorrentDownload:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.store.commit)
 
     async def _announce_completed(self, url: str) -> None:
-        assert self.meta is not None
-        req = AnnounceRequest(
-            info_hash=self.info_hash,
-            peer_id=self.peer_id,
-            port=self.listen_port,
-            uploaded=0,
-            downloaded=self.stats.downloaded,
-            left=0,
-            event="completed",
-            numwant=0,
-        )
+        req = self._announce_request("completed", numwant=0)
         with contextlib.suppress(SwarmError, OSError, TimeoutError):
             await announce(url, req, timeout=10.0, udp_base_timeout=3.0)
 

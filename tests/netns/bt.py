@@ -25,21 +25,25 @@ import argparse
 import contextlib
 import hashlib
 import http.server
+import importlib.util
 import ipaddress
 import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import pytest
 
 from tests.netns.testbed import REPO, Testbed
 
@@ -526,6 +530,24 @@ def aria2_download(
         raise AssertionError(f"aria2c exited with {proc.returncode}:\n{out[-3000:]}\n{err[-2000:]}")
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
+
+
+def needs_bt_tools(*tools: str) -> Any:
+    """An autouse fixture for a test module: skip (with the reason printed) unless the
+    programs ``tools`` and the libtorrent module are installed (deploy/install-deps.sh)."""
+
+    @pytest.fixture(autouse=True)
+    def _bt_tools() -> Iterator[None]:
+        missing = [t for t in tools if shutil.which(t) is None]
+        if importlib.util.find_spec("libtorrent") is None:
+            missing.append("python module libtorrent")
+        if missing:
+            reason = f"needs {', '.join(missing)} (deploy/install-deps.sh)"
+            print(reason, file=sys.stderr)
+            pytest.skip(reason)
+        yield
+
+    return _bt_tools
 
 # --- static tracker (run as `python -m tests.netns.bt static-tracker`) ------------------------
 def _compact(peers: Sequence[str]) -> bytes:

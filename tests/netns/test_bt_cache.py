@@ -10,9 +10,7 @@ the gateway's uplink, the box's metrics and its operator commands' output.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -40,6 +38,7 @@ from tests.netns.bt import (
     aria2_download,
     make_payload,
     make_torrent,
+    needs_bt_tools,
     sha1_file,
     tbf,
     tree_sha256,
@@ -56,16 +55,7 @@ MiB = 1 << 20
 ADMIN = "http://127.0.0.1:9480"
 
 
-@pytest.fixture(autouse=True)
-def _bt_tools() -> Iterator[None]:
-    missing = [t for t in ("opentracker", "aria2c", "tc") if shutil.which(t) is None]
-    if importlib.util.find_spec("libtorrent") is None:
-        missing.append("python module libtorrent")
-    if missing:
-        reason = f"BitTorrent cache tests need {', '.join(missing)} (deploy/install-deps.sh)"
-        print(reason, file=sys.stderr)
-        pytest.skip(reason)
-    yield
+_bt_tools = needs_bt_tools("opentracker", "aria2c", "tc")
 
 
 class Box:

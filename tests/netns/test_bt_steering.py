@@ -11,9 +11,7 @@ bytes must come from the box, counted on the gateway's uplink and by the box's m
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +21,15 @@ from typing import Any
 
 import pytest
 
-from tests.netns.bt import LtNode, Opentracker, make_payload, make_torrent, sha1_file, tbf
+from tests.netns.bt import (
+    LtNode,
+    Opentracker,
+    make_payload,
+    make_torrent,
+    needs_bt_tools,
+    sha1_file,
+    tbf,
+)
 from tests.netns.gateway import Gateway
 from tests.netns.testbed import Testbed
 
@@ -36,16 +42,7 @@ MiB = 1 << 20
 SIZE = 24 * MiB
 
 
-@pytest.fixture(autouse=True)
-def _bt_tools() -> Iterator[None]:
-    missing = [t for t in ("opentracker", "tc") if shutil.which(t) is None]
-    if importlib.util.find_spec("libtorrent") is None:
-        missing.append("python module libtorrent")
-    if missing:
-        reason = f"steering tests need {', '.join(missing)} (deploy/install-deps.sh)"
-        print(reason, file=sys.stderr)
-        pytest.skip(reason)
-    yield
+_bt_tools = needs_bt_tools("opentracker", "tc")
 
 
 @pytest.fixture

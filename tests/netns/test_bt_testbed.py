@@ -8,11 +8,7 @@ least every payload byte crosses the gateway's uplink.
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +22,7 @@ from tests.netns.bt import (
     gw_uplink,
     make_payload,
     make_torrent,
+    needs_bt_tools,
     sha1_file,
     tbf,
     tree_sha256,
@@ -40,16 +37,7 @@ SUB = Testbed.SUB_IP
 MiB = 1 << 20
 
 
-@pytest.fixture(autouse=True)
-def _bt_tools() -> Iterator[None]:
-    missing = [t for t in ("opentracker", "aria2c", "tc") if shutil.which(t) is None]
-    if importlib.util.find_spec("libtorrent") is None:
-        missing.append("python module libtorrent")
-    if missing:
-        reason = f"BitTorrent testbed needs {', '.join(missing)} (deploy/install-deps.sh)"
-        print(reason, file=sys.stderr)
-        pytest.skip(reason)
-    yield
+_bt_tools = needs_bt_tools("opentracker", "aria2c", "tc")
 
 
 @dataclass
