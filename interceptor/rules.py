@@ -195,12 +195,14 @@ def _mask(bits: int) -> str:
     return f"{bits:#x}/{bits:#x}"
 
 
-def _port_matches(ports: Sequence[int]) -> list[list[str]]:
-    """One match per rule: ``--dport`` for a single port, multiport groups of <= 15 otherwise."""
-    if len(ports) == 1:
+def _port_matches(ports: Sequence[int], *, either_side: bool = False) -> list[list[str]]:
+    """One match per rule: ``--dport`` for a single port, multiport groups of <= 15 otherwise
+    (``either_side``: source or destination port, always multiport)."""
+    if len(ports) == 1 and not either_side:
         return [["-m", "tcp", "--dport", str(ports[0])]]
+    flag = "--ports" if either_side else "--dports"
     groups = [ports[i : i + _MULTIPORT_MAX] for i in range(0, len(ports), _MULTIPORT_MAX)]
-    return [["-m", "multiport", "--dports", ",".join(map(str, g))] for g in groups]
+    return [["-m", "multiport", flag, ",".join(map(str, g))] for g in groups]
 
 
 def _flow_matches(spec: InterceptSpec) -> list[list[str]]:
@@ -235,9 +237,15 @@ _U32_TRACKER_CONNECT = "0>>22&0x3C@8=0x417&&0>>22&0x3C@12=0x27101980"  # BEP 15 
 _U32_TRACKER_ANNOUNCE = "0>>22&0x3C@16=0x1"  # action 1 after the 8-byte connection id
 _U32_TRACKER_REPLY = _UDP_PAYLOAD + "=0x1"  # announce response: action 1 first
 _U32_UTP_SYN = _UDP_PAYLOAD + ">>24=0x41"  # ST_SYN, version 1
-# Packets counted per connection, both directions: the handshakes of both sides and an HTTP
-# request fall within the first few (SYN, SYN-ACK, ACK, data...).
-_SENSE_CONNBYTES = "0:8"
+# Packets counted per connection (conntrack, both directions): the handshakes of both sides
+# and an HTTP request fall within the first few (SYN, SYN-ACK, ACK, data...); a UDP tracker
+# exchange is 4 datagrams, a DHT query and its reply 2. Tested on the jump into the sensing
+# chain, so the packets of established flows (nearly all forwarded packets) skip the chain's
+# rules after one comparison.
+_SENSE_CONNBYTES = "0:16"
+# UDP datagrams queued per second at most (then forwarded unseen): the reader handles about
+# 10-17k packets/s here, and a flood of DHT traffic must not push it into dropping packets.
+_SENSE_UDP_LIMIT = ["-m", "limit", "--limit", "5000/second", "--limit-burst", "10000"]
 
 
 def sense_rules(spec: InterceptSpec) -> list[list[str]]:
@@ -245,18 +253,17 @@ def sense_rules(spec: InterceptSpec) -> list[list[str]]:
     if spec.sense_queue is None:
         return []
     queue = f"-j NFQUEUE --queue-num {spec.sense_queue} --queue-bypass".split()
-    early = (
-        f"-m connbytes --connbytes {_SENSE_CONNBYTES} --connbytes-dir both --connbytes-mode packets"
-    ).split()
     out: list[list[str]] = []
     for net in map(str, spec.subscribers):
         for side in ("-s", "-d"):
-            out.append([side, net, "-p", "tcp", *early, "-m", "u32", "--u32", _U32_BT_HANDSHAKE])
-        out.append(["-s", net, "-p", "tcp", *early, "-m", "u32", "--u32", _U32_HTTP_GET])
+            out.append([side, net, "-p", "tcp", "-m", "u32", "--u32", _U32_BT_HANDSHAKE])
+        out.append(["-s", net, "-p", "tcp", "-m", "u32", "--u32", _U32_HTTP_GET])
+        # u32 before limit: only datagrams that match spend the rate limit's tokens.
+        udp = ["-p", "udp", "-m", "u32", "--u32"]
         for match in (_U32_DHT, _U32_TRACKER_CONNECT, _U32_TRACKER_ANNOUNCE, _U32_UTP_SYN):
-            out.append(["-s", net, "-p", "udp", "-m", "u32", "--u32", match])
+            out.append(["-s", net, *udp, match, *_SENSE_UDP_LIMIT])
         for match in (_U32_DHT, _U32_TRACKER_REPLY):
-            out.append(["-d", net, "-p", "udp", "-m", "u32", "--u32", match])
+            out.append(["-d", net, *udp, match, *_SENSE_UDP_LIMIT])
     return [[*rule, *queue] for rule in out]
 
 
@@ -266,7 +273,14 @@ def _chain_rules(spec: InterceptSpec) -> list[tuple[str, list[str]]]:
     #    connections; also spoofed upstream connections, if the daemon makes them): mark 0x1 so
     #    the policy rule routes them to the local stack. --transparent keeps the box's ordinary
     #    sockets (ssh, the daemon's own non-spoofed upstream sockets) out of it.
-    rules = [(spec.chain, f"-p tcp -m socket --transparent -j {spec.divert_chain}".split())]
+    #    Only packets with an intercepted port on either side are looked up: the socket match
+    #    costs a lookup per packet, and bulk traffic on other ports (BitTorrent, most of what
+    #    a gateway forwards) has nothing to find.
+    socket_match = ["-m", "socket", "--transparent", "-j", spec.divert_chain]
+    rules = [
+        (spec.chain, ["-p", "tcp", *ports, *socket_match])
+        for ports in _port_matches(spec.ports, either_side=True)
+    ]
     # 2. SYNs the reader has elected (mark 0x2) go to the listener; TPROXY adds mark 0x1.
     #    Placed before the queue jump, so the repeated SYN meets it first.
     tproxy = (
@@ -291,7 +305,13 @@ def _chains(spec: InterceptSpec) -> list[str]:
 
 
 def _sense_jump(spec: InterceptSpec) -> list[str] | None:
-    return None if spec.sense_queue is None else ["-j", spec.sense_chain]
+    if spec.sense_queue is None:
+        return None
+    early = (
+        f"-m connbytes --connbytes {_SENSE_CONNBYTES} --connbytes-dir both "
+        "--connbytes-mode packets"
+    ).split()
+    return [*early, "-j", spec.sense_chain]
 
 
 def _jump(spec: InterceptSpec) -> list[str]:

@@ -20,7 +20,9 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -39,12 +41,14 @@ SenseHandler = Callable[[Classified, bytes], bytes | None]
 """Gets the classification and the whole IPv4 packet; returns a replacement packet or None."""
 
 _LATENCY_SAMPLES: Final = 4096
+_SO_TIMESTAMP: Final = 29  # asm-generic/socket.h; not exported by the socket module on 3.11
 
 
 class SenseQueue(QueueReader):
     name = "sensing queue"
     mode = COPY_PACKET
     copy_range = 65535
+    budget = 0.02
 
     def __init__(
         self,
@@ -60,6 +64,20 @@ class SenseQueue(QueueReader):
         self.rewritten = 0
         self.handler_errors = 0
         self.latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+        self._stamping: socket.socket | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        # The kernel stamps forwarded packets (the queue timestamp the latency is taken from)
+        # only while some socket asks for receive timestamps: this one does, and nothing else.
+        self._stamping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._stamping.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMP, 1)
+        super().start(loop)
+
+    def close(self) -> None:
+        super().close()
+        if self._stamping is not None:
+            self._stamping.close()
+            self._stamping = None
 
     def _verdict(self, pkt: Packet) -> None:
         raw = pkt.get_payload()

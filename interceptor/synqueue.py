@@ -65,6 +65,11 @@ class QueueReader:
     name = "NFQUEUE"
     mode = COPY_META
     copy_range = 65535
+    # Seconds one read of the queue may spend on verdicts with work in them. ``run(False)``
+    # reads until the queue is empty, so under a steady flood it would never hand the event
+    # loop back (the proxy, the admin API, the watchdog heartbeat would starve); past the
+    # budget the rest of the batch is accepted unseen (``overflow``). None: no budget.
+    budget: float | None = None
 
     def __init__(self, queue_num: int, *, max_len: int = 4096, stale_after: float = 1.0) -> None:
         self.queue_num = queue_num
@@ -72,6 +77,8 @@ class QueueReader:
         self.stale_after = stale_after
         self.packets = 0
         self.stale = 0
+        self.overflow = 0
+        self._batch_started = 0.0
         self._nfq: NetfilterQueue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd = -1
@@ -88,11 +95,21 @@ class QueueReader:
 
     def _on_packet(self, pkt: Packet) -> None:
         self.packets += 1
-        if self._draining_stale or time.monotonic() - self._alive_at >= self.stale_after:
+        now = time.monotonic()
+        if self._draining_stale or now - self._alive_at >= self.stale_after:
             self.stale += 1
             pkt.accept()  # queued while the loop was stalled: let it through untouched
             return
+        if self.budget is not None and now - self._batch_started > self.budget:
+            self.overflow += 1
+            pkt.accept()  # this read has used its time: let the event loop run
+            return
         self._verdict(pkt)
+
+    def _read_batch(self) -> None:
+        assert self._nfq is not None
+        self._batch_started = time.monotonic()
+        self._nfq.run(False)
 
     def _tick(self) -> None:
         if self._nfq is None or self._loop is None:
@@ -133,7 +150,7 @@ class QueueReader:
         self._loop = loop
         self._alive_at = time.monotonic()
         self._tick()
-        loop.add_reader(self._fd, nfq.run, False)
+        loop.add_reader(self._fd, self._read_batch)
         log.info("%s %d bound (max_len %d)", self.name, self.queue_num, self.max_len)
 
     def close(self) -> None:

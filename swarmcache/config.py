@@ -208,7 +208,9 @@ class BittorrentConfig:
         for port in self.tracker_ports:
             if not 1 <= port <= 65535:
                 raise ConfigError(f"bittorrent.tracker_ports: {port} is out of range 1-65535")
-        _positive(self.admit_min_local_peers, "bittorrent.admit_min_local_peers")
+        if not 1 <= self.admit_min_local_peers <= 64:
+            # The popularity table remembers at most 64 local peers per torrent.
+            raise ConfigError("bittorrent.admit_min_local_peers: must be 1-64")
         if not 0 <= self.sense_queue <= 65535:
             raise ConfigError("bittorrent.sense_queue: must be 0-65535")
         _hostport_or_empty(self.tracker_listen, "bittorrent.tracker_listen")

@@ -41,7 +41,8 @@ def test_single_port_commands_in_order() -> None:
         f"{IPT} -N SWARMCACHE",
         f"{IPT} -N SWARMCACHE_DIVERT",
         f"{IPT} -N SWARMCACHE_QUEUE",
-        f"{IPT} -A SWARMCACHE -p tcp -m socket --transparent -j SWARMCACHE_DIVERT",
+        f"{IPT} -A SWARMCACHE -p tcp -m multiport --ports 80"
+        " -m socket --transparent -j SWARMCACHE_DIVERT",
         f"{IPT} -A SWARMCACHE -s 10.77.1.0/24 -p tcp -m tcp --dport 80 --syn"
         " -m mark --mark 0x2/0x2 -j TPROXY --on-port 3129 --on-ip 0.0.0.0 --tproxy-mark 0x1/0x1",
         f"{IPT} -A SWARMCACHE -p tcp --syn -j SWARMCACHE_QUEUE",
@@ -81,7 +82,8 @@ def test_everything_is_wired_from_the_spec() -> None:
     assert f"{IPT} -I PREROUTING 1 -p tcp -j SCX" in cmds
     # The socket rule has no subscriber or interface filter: return traffic of spoofed upstream
     # connections arrives on the other side.
-    assert f"{IPT} -A SCX -p tcp -m socket --transparent -j SCX_DIVERT" in cmds
+    socket_rule = "-p tcp -m multiport --ports 80,8080 -m socket --transparent -j SCX_DIVERT"
+    assert f"{IPT} -A SCX {socket_rule}" in cmds
 
 
 def test_tproxy_rules_come_before_the_queue_jump() -> None:
@@ -305,14 +307,17 @@ def test_sensing_rules_always_bypass_and_are_hooked_into_forward() -> None:
     for rule in sense:
         assert rule[-5:] == ["-j", "NFQUEUE", "--queue-num", "9", "--queue-bypass"]
         assert {"-s", "-d"} & set(rule)  # only traffic of subscribers is ever queued
-    tcp = [r for r in sense if "tcp" in r]
-    assert all("connbytes" in r for r in tcp)  # only the first packets of each TCP flow
+    udp = [r for r in sense if "udp" in r]
+    assert udp and all("limit" in r for r in udp)  # a datagram flood is forwarded unseen
+    # Only the first packets of each flow even enter the chain.
+    jump = "-m connbytes --connbytes 0:16 --connbytes-dir both --connbytes-mode packets"
     cmds = joined(rules.build_commands(s))
-    assert f"{IPT} -I FORWARD 1 -j SWARMCACHE_SENSE" in cmds
+    assert f"{IPT} -I FORWARD 1 {jump} -j SWARMCACHE_SENSE" in cmds
     restore = rules.build_restore(s)
-    assert ":SWARMCACHE_SENSE - [0:0]" in restore and "-I FORWARD 1 -j SWARMCACHE_SENSE" in restore
+    assert ":SWARMCACHE_SENSE - [0:0]" in restore
+    assert f"-I FORWARD 1 {jump} -j SWARMCACHE_SENSE" in restore
     removal = joined(rules.build_removal(s))
-    assert f"{IPT} -D FORWARD -j SWARMCACHE_SENSE" in removal
+    assert f"{IPT} -D FORWARD {jump} -j SWARMCACHE_SENSE" in removal
     assert f"{IPT} -X SWARMCACHE_SENSE" in removal
     assert InterceptSpec.from_json(s.to_json()) == s
     assert rules.sense_rules(spec()) == []
