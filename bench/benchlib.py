@@ -17,20 +17,23 @@ Why it is built this way:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Protocol
 
 __all__ = [
     "CLK_TCK",
@@ -512,3 +515,109 @@ def machine_facts() -> dict[str, object]:
 
 def log(msg: str, stream: IO[str] = sys.stderr) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=stream, flush=True)
+
+
+def other_namespaces(own_prefix: str | None = None) -> list[str]:
+    """Network namespaces that are not ours: a hint that other tests shared the machine."""
+    try:
+        names = sorted(os.listdir("/var/run/netns"))
+    except OSError:
+        return []
+    return [n for n in names if not (own_prefix and n.startswith(own_prefix))]
+
+
+def on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally that tears the testbed down
+
+
+class Harness(Protocol):
+    """One benchmark's measurements on a testbed (what :func:`run_benchmark` drives)."""
+
+    @property
+    def results(self) -> dict[str, Any]: ...
+
+    @property
+    def warnings(self) -> list[str]: ...
+
+    def run(self) -> None: ...
+
+    def cleanup(self) -> None:
+        """Stop what the harness started beyond the testbed's own processes."""
+
+    def failure_details(self) -> dict[str, Any]:
+        """Extra JSON fields for a failed run (e.g. a daemon log tail)."""
+
+
+def run_benchmark(
+    *,
+    name: str,
+    params: Any,
+    out: Path,
+    scratch_dir: str | None,
+    keep_scratch: bool,
+    prefix_stem: str,
+    make: Callable[[Testbed, Path], Harness],
+    summary: Callable[[dict[str, Any]], None],
+    failures: tuple[type[BaseException], ...] = (BenchError,),
+) -> int:
+    """The part every benchmark shares: the JSON document (command, machine, source, load,
+    other namespaces, results, warnings, error, duration), a fresh testbed torn down whatever
+    happens (error, Ctrl-C, SIGTERM), a scratch directory, and the exit status."""
+    if os.geteuid() != 0:
+        print(f"{name}: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, on_sigterm)
+    started = time.time()
+    doc: dict[str, Any] = {
+        "schema": f"swarmcache-{name.replace('_', '-')}/1",
+        "command": shlex.join(["python", *sys.argv]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "params": asdict(params),
+        "machine": machine_facts(),
+        "source": source_facts(),
+        "load_before": loadavg(),
+        "other_namespaces_before": other_namespaces(),
+    }
+    scratch = Path(tempfile.mkdtemp(prefix=f"swarmcache-{prefix_stem}-", dir=scratch_dir))
+    bed = Testbed.fresh(prefix_stem)
+    doc["testbed_prefix"] = bed.prefix
+    bench = make(bed, scratch)
+    rc = 0
+    try:
+        bench.run()
+    except failures as exc:
+        doc["error"] = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, subprocess.CalledProcessError):
+            doc["error"] += f"\nstdout: {exc.stdout}\nstderr: {exc.stderr}"
+        doc.update(bench.failure_details())
+        rc = 1
+    except KeyboardInterrupt:
+        doc["error"] = "interrupted"
+        rc = 130
+    except SystemExit as exc:
+        doc["error"] = f"terminated ({exc.code})"
+        rc = 143
+    finally:
+        doc["load_after"] = loadavg()
+        doc["other_namespaces_after"] = other_namespaces(bed.prefix)
+        bench.cleanup()
+        problems = bed.down()
+        doc["teardown_problems"] = problems
+        for problem in problems:
+            log(f"teardown: {problem}")
+        if keep_scratch:
+            doc["scratch"] = str(scratch)
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+        doc["results"] = bench.results
+        doc["warnings"] = bench.warnings
+        doc["duration_s"] = round(time.time() - started, 1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+    log(f"wrote {out}")
+    for w in doc["warnings"]:
+        log(f"warning: {w}")
+    if "error" in doc:
+        log(f"error: {doc['error']}")
+    summary(doc)
+    return rc

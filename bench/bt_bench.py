@@ -50,9 +50,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +63,17 @@ from benchlib import (
     PROJECT,
     BenchError,
     Testbed,
-    loadavg,
     log,
-    machine_facts,
     median,
     metric_deltas,
     parse_prometheus,
     proc_cpu_seconds,
     proc_status_kib,
     ratio,
-    source_facts,
+    run_benchmark,
     tail,
 )
-from http_bench import _on_sigterm, _round, other_namespaces
+from http_bench import _round
 
 from swarm.bencode import bdecode, bencode
 from tests.netns import testbed as netns_testbed
@@ -271,6 +268,12 @@ class Bench:
         self.payloads: dict[int, Payload] = {}
         self.warnings: list[str] = []
         self.results: dict[str, Any] = {}
+
+    def cleanup(self) -> None:
+        self.stop_nodes()
+
+    def failure_details(self) -> dict[str, Any]:
+        return {"daemon_log_tail": tail(self.daemon_log, 60)}
 
     # ---------------------------------------------------------------- setup
 
@@ -917,66 +920,19 @@ def print_summary(doc: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("bt_bench: needs root (network namespaces)", file=sys.stderr)
-        return 2
     params = Params.from_args(args)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    started = time.time()
-    doc: dict[str, Any] = {
-        "schema": "swarmcache-bt-bench/1",
-        "command": shlex.join(["python", *sys.argv]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "params": asdict(params),
-        "machine": machine_facts(),
-        "source": source_facts(),
-        "load_before": loadavg(),
-        "other_namespaces_before": other_namespaces(),
-    }
-    scratch = Path(tempfile.mkdtemp(prefix="swarmcache-btbench-", dir=args.scratch_dir))
-    bed = Testbed.fresh("bt")
-    doc["testbed_prefix"] = bed.prefix
-    bench = Bench(bed, scratch, params, args.python)
-    rc = 0
-    try:
-        bench.run()
-    except (BenchError, AssertionError, subprocess.CalledProcessError) as exc:
-        # AssertionError/CalledProcessError: tests/netns/bt.py's helpers report that way.
-        doc["error"] = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, subprocess.CalledProcessError):
-            doc["error"] += f"\nstdout: {exc.stdout}\nstderr: {exc.stderr}"
-        doc["daemon_log_tail"] = tail(bench.daemon_log, 60)
-        rc = 1
-    except KeyboardInterrupt:
-        doc["error"] = "interrupted"
-        rc = 130
-    except SystemExit as exc:
-        doc["error"] = f"terminated ({exc.code})"
-        rc = 143
-    finally:
-        doc["load_after"] = loadavg()
-        doc["other_namespaces_after"] = other_namespaces(bed.prefix)
-        bench.stop_nodes()
-        problems = bed.down()
-        doc["teardown_problems"] = problems
-        for problem in problems:
-            log(f"teardown: {problem}")
-        if args.keep_scratch:
-            doc["scratch"] = str(scratch)
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
-        doc["results"] = bench.results
-        doc["warnings"] = bench.warnings
-        doc["duration_s"] = round(time.time() - started, 1)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    log(f"wrote {args.out}")
-    for w in bench.warnings:
-        log(f"warning: {w}")
-    if "error" in doc:
-        log(f"error: {doc['error']}")
-    print_summary(doc)
-    return rc
+    return run_benchmark(
+        name="bt_bench",
+        params=params,
+        out=args.out,
+        scratch_dir=args.scratch_dir,
+        keep_scratch=args.keep_scratch,
+        prefix_stem="bt",
+        make=lambda bed, scratch: Bench(bed, scratch, params, args.python),
+        summary=print_summary,
+        # tests/netns/bt.py's helpers report failures as AssertionError / CalledProcessError.
+        failures=(BenchError, AssertionError, subprocess.CalledProcessError),
+    )
 
 
 if __name__ == "__main__":

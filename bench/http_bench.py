@@ -27,15 +27,11 @@ import argparse
 import json
 import os
 import shlex
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,9 +42,7 @@ from benchlib import (
     Fetch,
     Testbed,
     curl_fetch,
-    loadavg,
     log,
-    machine_facts,
     median,
     metric_deltas,
     parse_prometheus,
@@ -57,7 +51,7 @@ from benchlib import (
     proc_status_kib,
     process_tree,
     ratio,
-    source_facts,
+    run_benchmark,
     tail,
     tree_cpu_seconds,
 )
@@ -116,6 +110,12 @@ class Bench:
         self.results: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- setup
+
+    def cleanup(self) -> None:
+        """Everything this harness starts runs in the testbed, which stops it."""
+
+    def failure_details(self) -> dict[str, Any]:
+        return {"daemon_log_tail": tail(self.daemon_log, 60)} if self.daemon_log.exists() else {}
 
     def make_files(self) -> None:
         self.www.mkdir()
@@ -493,21 +493,8 @@ class Bench:
         self.process_facts()
 
 
-def other_namespaces(own_prefix: str | None = None) -> list[str]:
-    """Network namespaces that are not ours: a hint that other tests shared the machine."""
-    try:
-        names = sorted(os.listdir("/var/run/netns"))
-    except OSError:
-        return []
-    return [n for n in names if not (own_prefix and n.startswith(own_prefix))]
-
-
 def _round(x: float | None, nd: int = 3) -> float | None:
     return None if x is None else round(x, nd)
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally that tears the testbed down
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -552,61 +539,17 @@ def print_summary(doc: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("http_bench: needs root (network namespaces)", file=sys.stderr)
-        return 2
     params = Params.from_args(args)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    started = time.time()
-    doc: dict[str, Any] = {
-        "schema": "swarmcache-http-bench/1",
-        "command": shlex.join(["python", *sys.argv]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "params": asdict(params),
-        "machine": machine_facts(),
-        "source": source_facts(),
-        "load_before": loadavg(),
-        "other_namespaces_before": other_namespaces(),
-    }
-    scratch = Path(tempfile.mkdtemp(prefix="swarmcache-bench-", dir=args.scratch_dir))
-    bed = Testbed.fresh()
-    doc["testbed_prefix"] = bed.prefix
-    bench = Bench(bed, scratch, params, args.python)
-    rc = 0
-    try:
-        bench.run()
-    except BenchError as exc:
-        doc["error"] = str(exc)
-        rc = 1
-    except KeyboardInterrupt:
-        doc["error"] = "interrupted"
-        rc = 130
-    except SystemExit as exc:
-        doc["error"] = f"terminated ({exc.code})"
-        rc = 143
-    finally:
-        doc["load_after"] = loadavg()
-        doc["other_namespaces_after"] = other_namespaces(bed.prefix)
-        problems = bed.down()
-        doc["teardown_problems"] = problems
-        for problem in problems:
-            log(f"teardown: {problem}")
-        if args.keep_scratch:
-            doc["scratch"] = str(scratch)
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
-        doc["results"] = bench.results
-        doc["warnings"] = bench.warnings
-        doc["duration_s"] = round(time.time() - started, 1)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    log(f"wrote {args.out}")
-    for w in bench.warnings:
-        log(f"warning: {w}")
-    if "error" in doc:
-        log(f"error: {doc['error']}")
-    print_summary(doc)
-    return rc
+    return run_benchmark(
+        name="http_bench",
+        params=params,
+        out=args.out,
+        scratch_dir=args.scratch_dir,
+        keep_scratch=args.keep_scratch,
+        prefix_stem="bh",
+        make=lambda bed, scratch: Bench(bed, scratch, params, args.python),
+        summary=print_summary,
+    )
 
 
 if __name__ == "__main__":

@@ -61,10 +61,9 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +75,12 @@ from benchlib import (
     BenchError,
     Testbed,
     curl_fetch,
-    loadavg,
     log,
-    machine_facts,
     median,
     proc_cpu_seconds,
     proc_status_kib,
     ratio,
-    source_facts,
+    run_benchmark,
     stop_process,
     tail,
 )
@@ -92,7 +89,7 @@ from bt_bench import Params as BtParams
 from bt_bench import busy_fraction, spread, system_cpu
 from http_bench import Bench as HttpBench
 from http_bench import Params as HttpParams
-from http_bench import _on_sigterm, _round, other_namespaces
+from http_bench import _round
 
 from interceptor.rules import _U32_BT_HANDSHAKE
 from tests.netns.bt import LtNode, make_payload, make_torrent
@@ -448,8 +445,18 @@ class Bench:
         self.payload: Path | None = None
         self.state = "off"
         self.daemon_starts = 0
-        self.warnings: list[str] = []
+        self.own_warnings: list[str] = []
         self.results: dict[str, Any] = {}
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.own_warnings + self.bt.warnings + self.http.warnings
+
+    def cleanup(self) -> None:
+        self.bt.stop_nodes()
+
+    def failure_details(self) -> dict[str, Any]:
+        return {"daemon_log_tail": tail(self.bt.daemon_log, 60)}
 
     # ---------------------------------------------------------------- gateway state
 
@@ -506,9 +513,9 @@ class Bench:
         problem = stop_process(sp)
         self.bed.spawned.remove(sp)
         if problem:
-            self.warnings.append(problem)
+            self.own_warnings.append(problem)
         if sp.proc.returncode != 0:
-            self.warnings.append(f"swarmcache exited with {sp.proc.returncode} on SIGTERM")
+            self.own_warnings.append(f"swarmcache exited with {sp.proc.returncode} on SIGTERM")
         self.bt.daemon = self.bt.daemon_pid = None
         deadline = time.monotonic() + 5
         while self.gw_rules() or self.gw_policy_rules():
@@ -967,66 +974,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in HELPERS:
         return helper_main(argv)
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("intercept_bench: needs root (network namespaces)", file=sys.stderr)
-        return 2
     params = Params.from_args(args)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    started = time.time()
-    doc: dict[str, Any] = {
-        "schema": "swarmcache-intercept-bench/1",
-        "command": shlex.join(["python", *sys.argv]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "params": asdict(params),
-        "machine": machine_facts(),
-        "source": source_facts(),
-        "load_before": loadavg(),
-        "other_namespaces_before": other_namespaces(),
-    }
-    scratch = Path(tempfile.mkdtemp(prefix="swarmcache-icbench-", dir=args.scratch_dir))
-    bed = Testbed.fresh("ib")
-    doc["testbed_prefix"] = bed.prefix
-    bench = Bench(bed, scratch, params, args.python)
-    rc = 0
-    try:
-        bench.run()
-    except (BenchError, AssertionError, subprocess.CalledProcessError) as exc:
-        # AssertionError/CalledProcessError: tests/netns/bt.py's helpers report that way.
-        doc["error"] = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, subprocess.CalledProcessError):
-            doc["error"] += f"\nstdout: {exc.stdout}\nstderr: {exc.stderr}"
-        doc["daemon_log_tail"] = tail(bench.bt.daemon_log, 60)
-        rc = 1
-    except KeyboardInterrupt:
-        doc["error"] = "interrupted"
-        rc = 130
-    except SystemExit as exc:
-        doc["error"] = f"terminated ({exc.code})"
-        rc = 143
-    finally:
-        doc["load_after"] = loadavg()
-        doc["other_namespaces_after"] = other_namespaces(bed.prefix)
-        bench.bt.stop_nodes()
-        problems = bed.down()
-        doc["teardown_problems"] = problems
-        for problem in problems:
-            log(f"teardown: {problem}")
-        if args.keep_scratch:
-            doc["scratch"] = str(scratch)
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
-        doc["results"] = bench.results
-        doc["warnings"] = bench.warnings + bench.bt.warnings + bench.http.warnings
-        doc["duration_s"] = round(time.time() - started, 1)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    log(f"wrote {args.out}")
-    for w in doc["warnings"]:
-        log(f"warning: {w}")
-    if "error" in doc:
-        log(f"error: {doc['error']}")
-    print_summary(doc)
-    return rc
+    return run_benchmark(
+        name="intercept_bench",
+        params=params,
+        out=args.out,
+        scratch_dir=args.scratch_dir,
+        keep_scratch=args.keep_scratch,
+        prefix_stem="ib",
+        make=lambda bed, scratch: Bench(bed, scratch, params, args.python),
+        summary=print_summary,
+        # tests/netns/bt.py's helpers report failures as AssertionError / CalledProcessError.
+        failures=(BenchError, AssertionError, subprocess.CalledProcessError),
+    )
 
 
 if __name__ == "__main__":
