@@ -2,7 +2,8 @@
 # The demo: a real gateway in network namespaces. Builds subscriber / gateway / internet hosts,
 # starts an origin in the internet namespace and swarmcache on the gateway (transparent
 # interception, no client configuration), fetches one file twice from the subscriber with curl
-# and prints what happened. Everything is torn down at the end, also on failure.
+# and prints what happened; then three unconfigured BitTorrent clients fetch a torrent through
+# the box (deploy/demo_bt.py). Everything is torn down at the end, also on failure.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -19,11 +20,18 @@ cleanup() {
 trap cleanup EXIT
 ./deploy/testbed.sh up "$prefix"
 mkdir -p "$work/www" "$work/cache"
+cat > "$work/demo.toml" <<'TOML'
+[bittorrent]
+listen = "10.77.1.1:6881"
+steering = true
+admit_min_local_peers = 1
+TOML
 head -c "$((size_mib << 20))" /dev/urandom > "$work/www/video.bin"
 echo '{"/video.bin": {"Cache-Control": "max-age=3600"}}' > "$work/www/.headers.json"
 $NET python3 deploy/origin.py --bind 10.77.2.2 --port 80 --root "$work/www" \
   --log "$work/origin.log" > "$work/origin.out" 2>&1 &
-$GW python3 -m swarmcache run --cache-dir "$work/cache" --subscribers 10.77.1.0/24 \
+$GW python3 -m swarmcache run --config "$work/demo.toml" --cache-dir "$work/cache" \
+  --subscribers 10.77.1.0/24 \
   --admin-listen 127.0.0.1:9480 --proxy-listen 10.77.1.1:3128 \
   --access-log "$work/access.log" > "$work/daemon.log" 2>&1 &
 daemon_pid=$!
@@ -58,3 +66,4 @@ echo "origin saw $(grep -c '"path": "/video.bin"' "$work/origin.log") request(s)
 echo "== access log"; sleep 1.2; cat "$work/access.log"
 echo "== metrics"
 $GW curl -s http://127.0.0.1:9480/metrics | grep -E '^swarmcache_(http_requests_total|http_saved_bytes_total|http_upstream_bytes_total|store_)' | grep -v -e ' 0.0$' -e '_created'
+python3 deploy/demo_bt.py --prefix "$prefix" --work "$work" --mib "${DEMO_BT_MIB:-32}"
