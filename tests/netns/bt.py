@@ -544,7 +544,7 @@ def needs_bt_tools(*tools: str) -> Any:
         if missing:
             reason = f"needs {', '.join(missing)} (deploy/install-deps.sh)"
             print(reason, file=sys.stderr)
-            pytest.skip(reason)
+            pytest.skip(reason=reason)
         yield
 
     return _bt_tools

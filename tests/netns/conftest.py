@@ -30,7 +30,7 @@ def testbed() -> Iterator[Testbed]:
     if why is not None:
         reason = f"needs root and network namespaces: {why}"
         print(reason, file=sys.stderr)
-        pytest.skip(reason)
+        pytest.skip(reason=reason)
     bed = Testbed()
     try:
         bed.up()

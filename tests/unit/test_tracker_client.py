@@ -82,7 +82,7 @@ def free_port() -> int:
 
 def skip(reason: str) -> None:
     print(reason, file=sys.stderr)
-    pytest.skip(reason)
+    pytest.skip(reason=reason)
 
 
 # --- the real opentracker -------------------------------------------------------------------
