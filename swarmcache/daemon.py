@@ -98,6 +98,7 @@ class Daemon:
             "rewritten": queue.rewritten if queue is not None else 0,
             "handler_errors": queue.handler_errors if queue is not None else 0,
             "stale": queue.stale if queue is not None else 0,
+            "overflow": queue.overflow if queue is not None else 0,
             "latency": queue.latency_quantiles() if queue is not None else None,
             "sightings": dict(sensor.sightings),
             "steered": dict(sensor.steered),

@@ -123,6 +123,11 @@ class _SensingCollector(Collector):
             "Packets accepted unseen because the daemon had stalled",
             value=f["stale"],
         )
+        yield CounterMetricFamily(
+            "swarmcache_bt_sensing_overflow_packets",
+            "Packets accepted unseen because one queue read used its time budget",
+            value=f["overflow"],
+        )
         sightings = CounterMetricFamily(
             "swarmcache_bt_sightings", "Torrent sightings by source", labels=["source"]
         )
