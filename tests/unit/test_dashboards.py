@@ -22,6 +22,21 @@ _METRIC = re.compile(r"\bswarmcache_[a-z0-9_]+")
 def _exported_names() -> set[str]:
     metrics = Metrics()
     metrics.watch_store(lambda: (0, 0))
+    # Readers with one of everything, so labelled families have samples to show.
+    metrics.watch_swarm(lambda: {}, lambda: [("00" * 20, "t", 0.5)])
+    metrics.watch_sensing(
+        lambda: {
+            "packets": {"BT_HANDSHAKE": 1},
+            "rewritten": 0,
+            "handler_errors": 0,
+            "stale": 0,
+            "overflow": 0,
+            "latency": (0.001, 0.002),
+            "sightings": {"dht": 1},
+            "steered": {},
+            "torrents_seen": 1,
+        }
+    )
     names = set()
     for line in metrics.render().decode().splitlines():
         if not line.startswith("#"):
