@@ -29,6 +29,7 @@ __all__ = [
     "HttpConfig",
     "InterceptConfig",
     "LogConfig",
+    "SocksConfig",
     "load_config",
     "parse_hostport",
     "parse_subscribers",
@@ -242,6 +243,24 @@ class BittorrentConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SocksConfig:
+    # SOCKS5 listener for software pointed at the box; "" disables it.
+    listen: str = ""
+    # "name:password" accounts; empty: no authentication (subscribers only, as everywhere).
+    users: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        _hostport_or_empty(self.listen, "socks.listen")
+        for i, entry in enumerate(self.users):
+            name, sep, password = entry.partition(":")
+            if not sep or not name or not password:
+                raise ConfigError(f"socks.users[{i}]: expected NAME:PASSWORD")
+
+    def accounts(self) -> dict[str, str]:
+        return dict(entry.split(":", 1) for entry in self.users)
+
+
+@dataclass(frozen=True, slots=True)
 class AdminConfig:
     listen: str = "127.0.0.1:9480"
     # Required when `listen` is not a loopback address.
@@ -274,6 +293,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     intercept: InterceptConfig = field(default_factory=InterceptConfig)
     bittorrent: BittorrentConfig = field(default_factory=BittorrentConfig)
+    socks: SocksConfig = field(default_factory=SocksConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -285,6 +305,7 @@ class Config:
             self.http,
             self.intercept,
             self.bittorrent,
+            self.socks,
             self.admin,
             self.log,
         ):

@@ -158,6 +158,23 @@ class Daemon:
             self._servers.append(server)
             self.proxy_address = server.sockets[0].getsockname()[:2]
             log.info("explicit proxy listening on %s:%d", *self.proxy_address)
+        if self.config.socks.listen:
+            from swarmcache.http.socks_listener import SocksOptions, socks_connection_factory
+
+            host, port = parse_hostport(self.config.socks.listen, key="socks.listen")
+            options = SocksOptions(
+                http_ports=self.config.intercept.ports,
+                users=self.config.socks.accounts(),
+                connect_timeout=self.config.http.upstream_connect_timeout,
+                idle_timeout=self.config.http.upstream_idle_timeout,
+            )
+            # Transparent: the SOCKS destination keys the cache, as TPROXY's does.
+            ctx = self._context("socks", transparent=True)
+            server = await loop.create_server(
+                socks_connection_factory(ctx, options), host, port, reuse_address=True
+            )
+            self._servers.append(server)
+            log.info("SOCKS5 listening on %s", self.config.socks.listen)
         if self.swarm is not None:
             await self.swarm.start()
             log.info("BitTorrent seeder listening on %s:%d", *self.swarm.seeder.address)

@@ -1,0 +1,96 @@
+"""The SOCKS5 listener through the real gateway, with curl as the SOCKS client.
+
+HTTP to port 80 goes through the cache (a second fetch is a hit and the origin sees one
+request); other ports are relayed; non-subscribers, wrong passwords and the box's own
+loopback services are refused.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.netns.gateway import ORIGIN, ROOT, Gateway, random_bytes
+from tests.netns.testbed import Testbed
+
+pytestmark = pytest.mark.netns
+
+SOCKS = "10.77.1.1:1080"
+USER = "alice:s3cret"
+
+
+@pytest.fixture
+def gateway(testbed: Testbed, tmp_path: Path) -> Iterator[Gateway]:
+    gw = Gateway(testbed, tmp_path)
+    gw.start_origin()
+    # The same files on a port the cache does not handle: reached by a plain relay.
+    testbed.popen(
+        testbed.net, sys.executable, str(ROOT / "deploy" / "origin.py"), "--bind", ORIGIN,
+        "--port", "8081", "--root", str(gw.www), "--log", str(tmp_path / "origin-8081.log"),
+    )  # fmt: skip
+    config = tmp_path / "socks.toml"
+    config.write_text(f'[socks]\nlisten = "{SOCKS}"\nusers = ["{USER}"]\n')
+    gw.start_daemon("--no-intercept", "--config", str(config))
+    try:
+        yield gw
+    finally:
+        gw.stop_daemon()
+
+
+def _socks_curl(gw: Gateway, url: str, *extra: str, ns: str = "sub") -> tuple[int, bytes, str]:
+    body = gw.tmp / "socks-body"
+    head = gw.tmp / "socks-head"
+    res = gw.tb.run(
+        ns, "curl", "-s", "--max-time", "20", "--socks5", SOCKS, "-D", str(head),
+        "-o", str(body), *extra, url, check=False, timeout=30,
+    )  # fmt: skip
+    headers = head.read_text(errors="replace") if head.exists() else ""
+    data = body.read_bytes() if body.exists() else b""
+    for p in (body, head):
+        p.unlink(missing_ok=True)
+    return res.returncode, data, headers
+
+
+def test_http_through_socks_is_cached(gateway: Gateway) -> None:
+    payload = random_bytes(300_000)
+    url = gateway.put("socks.bin", payload, {"Cache-Control": "max-age=600"})
+    rc, first, head1 = _socks_curl(gateway, url, "--proxy-user", USER)
+    assert rc == 0 and first == payload, head1
+    rc, second, head2 = _socks_curl(gateway, url, "--proxy-user", USER)
+    assert rc == 0 and second == payload
+    assert "x-cache: miss" in head1.lower()
+    assert "x-cache: hit" in head2.lower()
+    assert len(gateway.origin_requests("/socks.bin")) == 1
+
+
+def test_other_ports_are_relayed_untouched(gateway: Gateway) -> None:
+    payload = random_bytes(2_000_000)
+    gateway.put("relay.bin", payload)
+    rc, got, head = _socks_curl(
+        gateway, f"http://{ORIGIN}:8081/relay.bin", "--proxy-user", USER
+    )
+    assert rc == 0 and got == payload
+    assert "x-cache" not in head.lower()  # the origin's own response, not the cache's
+    metrics = gateway.metrics()
+    assert metrics.get("swarmcache_http_tunnel_bytes_total", 0) >= len(payload)
+
+
+def test_refusals(gateway: Gateway) -> None:
+    url = gateway.put("x.bin", b"x" * 100)
+    # Wrong password.
+    rc, _, _ = _socks_curl(gateway, url, "--proxy-user", "alice:wrong")
+    assert rc != 0
+    # No credentials at all, where the listener requires them.
+    rc, _, _ = _socks_curl(gateway, url)
+    assert rc != 0
+    # The box's own loopback services are not a destination.
+    rc, _, _ = _socks_curl(gateway, "http://127.0.0.1:9480/metrics", "--proxy-user", USER)
+    assert rc != 0
+    # A client outside the subscriber prefixes (the internet side) is refused.
+    rc, _, _ = _socks_curl(gateway, url, "--proxy-user", USER, ns="net")
+    assert rc != 0
+    refused = gateway.metrics().get('swarmcache_http_refused_connections_total{listener="socks"}')
+    assert refused is not None and refused >= 1
