@@ -5,7 +5,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 apt_packages=(iptables nftables iproute2 libnetfilter-queue-dev python3-dev gcc curl
-              nginx-light wrk procps psmisc ca-certificates opentracker aria2)
+              nginx-light wrk procps psmisc ca-certificates opentracker aria2
+              openssh-server openssh-client netcat-openbsd)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,5 +19,9 @@ fi
 # benchmarks start their own nginx inside namespaces, so keep the packaged one off.
 if pgrep -x nginx >/dev/null 2>&1 && [ -f /run/nginx.pid ]; then
   nginx -s stop 2>/dev/null || true
+fi
+# openssh-server is for the SOCKS test's sshd inside a namespace; the packaged service stays off.
+if command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now ssh >/dev/null 2>&1 || true
 fi
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e "$here[test]"

@@ -7,7 +7,12 @@ loopback services are refused.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +99,59 @@ def test_refusals(gateway: Gateway) -> None:
     assert rc != 0
     refused = gateway.metrics().get('swarmcache_http_refused_connections_total{listener="socks"}')
     assert refused is not None and refused >= 1
+
+
+@pytest.fixture
+def open_gateway(testbed: Testbed, tmp_path: Path) -> Iterator[Gateway]:
+    """A SOCKS listener without accounts (OpenBSD nc, ssh's usual ProxyCommand, cannot log in)."""
+    gw = Gateway(testbed, tmp_path)
+    config = tmp_path / "socks-open.toml"
+    config.write_text(f'[socks]\nlisten = "{SOCKS}"\n')
+    gw.start_daemon("--no-intercept", "--config", str(config))
+    try:
+        yield gw
+    finally:
+        gw.stop_daemon()
+
+
+def test_an_ssh_session_runs_through_socks(
+    testbed: Testbed, open_gateway: Gateway, tmp_path: Path
+) -> None:
+    for tool in ("sshd", "ssh", "ssh-keygen", "nc"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            reason = f"needs {tool} (openssh-server, netcat-openbsd: deploy/install-deps.sh)"
+            print(reason, file=sys.stderr)
+            pytest.skip(reason=reason)
+    keys = tmp_path / "ssh"
+    keys.mkdir(mode=0o700)
+    for name in ("host", "client"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True
+        )
+    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    os.chmod(keys / "authorized_keys", 0o600)
+    sshd_config = keys / "sshd_config"
+    sshd_config.write_text(
+        f"ListenAddress {ORIGIN}:2222\nHostKey {keys / 'host'}\nPidFile none\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    testbed.popen(testbed.net, "/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_config))
+    time.sleep(0.5)
+    res = testbed.run(
+        testbed.sub, "ssh", "-i", str(keys / "client"), "-p", "2222",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes", "-o", f"ProxyCommand=nc -X 5 -x {SOCKS} %h %p",
+        f"root@{ORIGIN}", "echo through-socks; head -c 1000000 /dev/zero | sha256sum",
+        check=False, timeout=30,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "through-socks" in res.stdout
+    assert hashlib.sha256(bytes(1_000_000)).hexdigest() in res.stdout
+    # The relay counts its bytes when both sides have closed, just after ssh exits.
+    open_gateway.wait_until(
+        lambda: open_gateway.metrics().get("swarmcache_http_tunnel_bytes_total", 0) > 0,
+        "the SSH session's bytes were not counted as relayed",
+        timeout=10,
+    )
