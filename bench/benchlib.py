@@ -264,7 +264,13 @@ def parse_headers(raw: str) -> dict[str, str]:
 
 
 def curl_fetch(
-    bed: Testbed, ns: str, url: str, header_file: Path, *, timeout: float = 300
+    bed: Testbed,
+    ns: str,
+    url: str,
+    header_file: Path,
+    *,
+    timeout: float = 300,
+    extra: Sequence[str] = (),
 ) -> Fetch:
     argv = [
         "curl",
@@ -277,6 +283,7 @@ def curl_fetch(
         str(int(timeout)),
         "-w",
         "%{http_code} %{size_download} %{time_total} %{time_starttransfer}",
+        *extra,
         url,
     ]
     res = bed.run(ns, argv, timeout=timeout + 10, check=False)

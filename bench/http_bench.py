@@ -111,6 +111,9 @@ class Bench:
 
     # ---------------------------------------------------------------- setup
 
+    # Extra `swarmcache run` arguments (other harnesses built on this one set them).
+    daemon_extra: tuple[str, ...] = ()
+
     def cleanup(self) -> None:
         """Everything this harness starts runs in the testbed, which stops it."""
 
@@ -182,6 +185,7 @@ class Bench:
             "10.77.1.1:3128",
             "--access-log",
             "",
+            *self.daemon_extra,
         ]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
