@@ -384,7 +384,7 @@ class TorrentDownload:
         if isinstance(event, Have):
             if picker is not None:
                 picker.peer_have(peer, event.index)
-                self._update_interest(remote)
+                self._update_interest(remote, event.index)
         elif isinstance(event, BitfieldMessage):
             if picker is not None:
                 picker.peer_bitfield(peer, event.bits)
@@ -439,10 +439,15 @@ class TorrentDownload:
             self.picker.add_peer(peer)
             peer.reader.set_num_pieces(self.picker.num_pieces)
 
-    def _update_interest(self, remote: _Remote) -> None:
-        assert self.picker is not None
-        want = self.picker.interesting(remote.sock)
-        if want and not remote.interested:
+    def _update_interest(self, remote: _Remote, index: int | None = None) -> None:
+        """Become interested once the peer has something we lack (``index``: only that piece
+        is new, an O(1) check instead of a scan of the peer's pieces)."""
+        picker = self.picker
+        assert picker is not None
+        if remote.interested:
+            return
+        want = not picker.has(index) if index is not None else picker.interesting(remote.sock)
+        if want:
             remote.interested = True
             remote.sock.send(encode(Interested()))
             self._fill_requests(remote)
@@ -688,9 +693,6 @@ class TorrentDownload:
                 if idle > limits.peer_idle_timeout:
                     remote.sock.close("idle")
                 self._fill_requests(remote)
-            if self._limiters:
-                for remote in list(self._remotes.values()):
-                    self._fill_requests(remote)
 
     def _announce_request(self, event: TrackerEvent | None, *, numwant: int) -> AnnounceRequest:
         return AnnounceRequest(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from cache.torrents import TorrentStore
+from interceptor.subscribers import is_subscriber
 from swarm.errors import RemoteProtocolError
 from swarm.metadata import (
     METADATA_PIECE_SIZE,
@@ -73,6 +75,7 @@ log = logging.getLogger(__name__)
 Fetch = Callable[[bytes, int], "asyncio.Future[None] | None"]
 
 _MAX_WAITING: Final = 512  # requests for missing pieces held per peer
+_RECORD_EVERY: Final = 4 << 20  # bytes served to a peer between two traffic-counter updates
 _UT_METADATA_ID: Final = 3  # the id local peers use for ut_metadata messages to us
 
 
@@ -85,7 +88,17 @@ class SeederStats:
 
 
 class _Local:
-    __slots__ = ("fast", "info", "info_hash", "metadata_id", "peer_id", "sock", "waiting")
+    __slots__ = (
+        "fast",
+        "info",
+        "info_hash",
+        "metadata_id",
+        "on_sent",
+        "peer_id",
+        "sock",
+        "unrecorded",
+        "waiting",
+    )
 
     def __init__(self, sock: PeerSocket) -> None:
         self.sock = sock
@@ -94,6 +107,10 @@ class _Local:
         self.peer_id = b""
         self.fast = False
         self.metadata_id = 0  # the id the peer wants ut_metadata messages on (0: none)
+        # Bytes sent but not yet added to the store's traffic counters (batched: the
+        # counters take a lock, and this runs per block).
+        self.unrecorded = 0
+        self.on_sent: Callable[[int], None] | None = None
         self.waiting: dict[tuple[int, int, int], None] = {}
 
 
@@ -184,8 +201,7 @@ class Seeder:
                 log.warning("seeder accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            address = ipaddress.ip_address(ip)
-            if not any(address in net for net in self.subscribers):
+            if not is_subscriber(str(ip), self.subscribers):
                 self.stats.refused_connections += 1
                 conn.close()
                 continue
@@ -209,11 +225,23 @@ class Seeder:
 
     # --- PeerHandler -----------------------------------------------------------------------
 
+    def _block_sent(self, local: _Local, n: int) -> None:
+        self.stats.bytes_served += n
+        self.stats.blocks_served += 1
+        local.unrecorded += n
+        if local.unrecorded >= _RECORD_EVERY and local.info_hash is not None:
+            self.store.add_traffic(local.info_hash, uploaded=local.unrecorded)
+            local.unrecorded = 0
+        if local.sock.queued_bytes <= self.low_water:
+            local.sock.resume_reading()
+
     def peer_closed(self, peer: PeerSocket, reason: str) -> None:
         local = self._peers.pop(peer, None)
         if local is None or local.info_hash is None:
             return
         log.debug("local peer %s left: %s", peer.address, reason)
+        if local.unrecorded:
+            self.store.add_traffic(local.info_hash, uploaded=local.unrecorded)
         payload = self._payloads.get(local.info_hash)
         if payload is not None:
             payload.users -= 1
@@ -359,17 +387,10 @@ class Seeder:
             local.sock.close("payload closed")
             return
         peer = local.sock
-        ih = local.info_hash
         peer.send(piece_header(req.index, req.begin, req.length))
-
-        def sent(n: int) -> None:
-            self.stats.bytes_served += n
-            self.stats.blocks_served += 1
-            self.store.add_traffic(ih, uploaded=n)
-            if peer.queued_bytes <= self.low_water:
-                peer.resume_reading()
-
-        peer.send_file(payload.fd, piece_offset + req.begin, req.length, sent)
+        if local.on_sent is None:
+            local.on_sent = functools.partial(self._block_sent, local)
+        peer.send_file(payload.fd, piece_offset + req.begin, req.length, local.on_sent)
         if peer.queued_bytes > self.high_water:
             peer.pause_reading()
 
@@ -383,8 +404,7 @@ class _UtpRefuser(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        address = ipaddress.ip_address(addr[0])
-        if self.transport is None or not any(address in n for n in self.subscribers):
+        if self.transport is None or not is_subscriber(str(addr[0]), self.subscribers):
             return
         reset = reset_for_syn(data)
         if reset is not None:

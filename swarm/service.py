@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cache.torrents import TorrentInfo, TorrentStore
+from interceptor.subscribers import is_subscriber
 from swarm.downloader import DownloadLimits, RateLimiter, TorrentDownload, make_peer_id
 from swarm.errors import RemoteProtocolError, SwarmError
 from swarm.local_tracker import LocalTracker
@@ -250,7 +251,7 @@ class SwarmService:
         outside = [
             p
             for p in peers
-            if not any(ipaddress.ip_address(p[0]) in n for n in self.options.subscribers)
+            if not is_subscriber(p[0], self.options.subscribers)
         ]
         if outside:
             self.add_peers(info_hash, outside)
@@ -322,8 +323,7 @@ class SwarmService:
 
     def announce_reply(self, client_ip: str, query: str) -> bytes | None:
         """The local tracker's answer, or None for a client outside the subscriber prefixes."""
-        address = ipaddress.ip_address(client_ip)
-        if self.tracker is None or not any(address in n for n in self.options.subscribers):
+        if self.tracker is None or not is_subscriber(client_ip, self.options.subscribers):
             return None
         return self.tracker.answer(client_ip, query)
 

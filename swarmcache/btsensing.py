@@ -10,17 +10,18 @@ tracker requests that go through the HTTP proxy path feed the same sensor.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Final
 
 from interceptor.classify import Classified, Kind
 from interceptor.packet import replace_udp_payload
+from interceptor.subscribers import is_subscriber
 from swarm.sensor import Sensor
+from swarmcache.http.handler import BodyRewrite
 
 __all__ = ["BitTorrentSensing"]
 
 _REQUEST_LINE_MAX: Final = 4096
-BodyRewrite = Callable[[bytes, str | None], bytes | None]
 
 
 class BitTorrentSensing:
@@ -30,16 +31,12 @@ class BitTorrentSensing:
         self.sensor = sensor
         self.subscribers = tuple(subscribers)
 
-    def _is_subscriber(self, ip: str) -> bool:
-        address = ipaddress.IPv4Address(ip)
-        return any(address in net for net in self.subscribers)
-
     # --- interceptor.sensequeue.SenseHandler ---------------------------------------------
 
     def __call__(self, c: Classified, packet: bytes) -> bytes | None:
         kind = c.kind
         payload = packet[c.payload_offset : c.payload_offset + c.payload_length]
-        from_subscriber = self._is_subscriber(c.src[0]) if c.src[1] else False
+        from_subscriber = is_subscriber(c.src[0], self.subscribers) if c.src[1] else False
         if kind is Kind.BT_HANDSHAKE and c.info_hash is not None:
             local = c.src if from_subscriber else c.dst
             self.sensor.handshake(c.info_hash, local)

@@ -93,17 +93,29 @@ class Daemon:
         assert self.sensing is not None and self.popularity is not None
         queue = self._sensequeue
         sensor = self.sensing.sensor
-        return {
-            "packets": dict(queue.kinds) if queue is not None else {},
-            "rewritten": queue.rewritten if queue is not None else 0,
-            "handler_errors": queue.handler_errors if queue is not None else 0,
-            "stale": queue.stale if queue is not None else 0,
-            "overflow": queue.overflow if queue is not None else 0,
-            "latency": queue.latency_quantiles() if queue is not None else None,
-            "sightings": dict(sensor.sightings),
-            "steered": dict(sensor.steered),
-            "torrents_seen": len(self.popularity),
+        figures: dict[str, Any] = {
+            "packets": {},
+            "rewritten": 0,
+            "handler_errors": 0,
+            "stale": 0,
+            "overflow": 0,
+            "latency": None,
         }
+        if queue is not None:
+            figures.update(
+                packets=dict(queue.kinds),
+                rewritten=queue.rewritten,
+                handler_errors=queue.handler_errors,
+                stale=queue.stale,
+                overflow=queue.overflow,
+                latency=queue.latency_quantiles(),
+            )
+        figures.update(
+            sightings=dict(sensor.sightings),
+            steered=dict(sensor.steered),
+            torrents_seen=len(self.popularity),
+        )
+        return figures
 
     def _swarm_options(self) -> SwarmOptions:
         bt = self.config.bittorrent

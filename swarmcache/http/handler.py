@@ -18,7 +18,6 @@ import asyncio
 import collections
 import logging
 import os
-import socket
 import time
 import typing
 from collections.abc import Awaitable, Callable, Sequence
@@ -52,7 +51,7 @@ from swarmcache.http.server import ClientConnection
 from swarmcache.http.splice import splice_into
 from swarmcache.http.target import Target, blocked_destination, resolve_target, variant_key
 from swarmcache.http.tunnel import relay_both_ways
-from swarmcache.http.upstream import UpstreamConnection, UpstreamError
+from swarmcache.http.upstream import UpstreamConnection, UpstreamError, resolve_ipv4
 from swarmcache.metrics import RESULTS, Metrics
 
 __all__ = ["CacheHandler"]
@@ -529,17 +528,8 @@ class CacheHandler:
     async def _open_upstream(
         self, target: Target, source_ip: str | None = None
     ) -> UpstreamConnection:
-        host = target.host
         http = self.config.http
-        if not _is_address(host):
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await loop.getaddrinfo(
-                    host, target.port, family=socket.AF_INET, type=socket.SOCK_STREAM
-                )
-            except OSError as exc:
-                raise UpstreamError(f"cannot resolve {host}: {exc}") from exc
-            host = str(infos[0][4][0])
+        host = await resolve_ipv4(target.host, target.port)
         why = blocked_destination(host)
         if why is not None:
             raise PermissionError(why)

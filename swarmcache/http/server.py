@@ -22,6 +22,7 @@ import typing
 from collections.abc import Awaitable, Callable
 from typing import IO, Protocol
 
+from interceptor.subscribers import is_subscriber
 from swarmcache.http.parser import (
     NEED_DATA,
     Data,
@@ -96,13 +97,7 @@ class ServerContext:
         self.connections: set[ClientConnection] = set()
 
     def is_subscriber(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.subscribers)
+        return is_subscriber(address, self.subscribers)
 
 
 class ClientConnection(asyncio.Protocol):

@@ -25,14 +25,13 @@ import collections
 import errno
 import hmac
 import logging
-import socket
 from collections.abc import Callable
 from typing import Final
 
 from swarmcache.http.server import ClientConnection, ServerContext
 from swarmcache.http.target import blocked_destination
 from swarmcache.http.tunnel import relay_both_ways
-from swarmcache.http.upstream import UpstreamConnection, UpstreamError
+from swarmcache.http.upstream import UpstreamConnection, UpstreamError, resolve_ipv4
 from swarmcache.socks import (
     NEED_DATA,
     AuthMethod,
@@ -139,8 +138,8 @@ class _SocksConnection(ClientConnection):
 
     async def _connect(self, request: ConnectRequest) -> None:
         try:
-            address = await self._resolve(request.host, request.port)
-        except OSError:
+            address = await resolve_ipv4(request.host, request.port)
+        except UpstreamError:
             self._fail(ReplyCode.HOST_UNREACHABLE)
             return
         if blocked_destination(address) is not None:
@@ -218,12 +217,6 @@ class _SocksConnection(ClientConnection):
         sock = self.transport.get_extra_info("sockname") if self.transport else None
         return (str(sock[0]), int(sock[1])) if sock else ("0.0.0.0", 0)
 
-    @staticmethod
-    async def _resolve(host: str, port: int) -> str:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, family=socket.AF_INET, type=socket.SOCK_STREAM
-        )
-        return str(infos[0][4][0])
 
 
 def socks_connection_factory(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import os
 import socket
 import typing
@@ -31,6 +32,25 @@ __all__ = ["UpstreamConnection", "UpstreamError"]
 
 
 _IP_TRANSPARENT = 19  # linux/in.h; not exported by the socket module on 3.11
+
+
+async def resolve_ipv4(host: str, port: int) -> str:
+    """``host`` as an address string: an IP literal as is, a name looked up (IPv4).
+
+    Raises UpstreamError naming the host when the lookup fails.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, family=socket.AF_INET, type=socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        raise UpstreamError(f"cannot resolve {host}: {exc}") from exc
+    return str(infos[0][4][0])
 
 
 class UpstreamError(ConnectionError):
