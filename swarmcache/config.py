@@ -335,6 +335,16 @@ def _coerce_value(expected: Any, value: Any, key: str) -> Any:
         return tuple(_coerce_value(item_type, item, f"{key}[{i}]") for i, item in enumerate(value))
     if origin in (types.UnionType, typing.Union):
         raise ConfigError(f"{key}: unsupported type")
+    if isinstance(expected, type) and dataclasses.is_dataclass(expected):
+        # A nested table, e.g. one entry of ``[[cache.key_rules]]``: the same strict walk as a
+        # section, then the entry's own checks.
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
+        entry = typing.cast(Any, expected)(**_coerce_section(expected, value, key))
+        check = getattr(entry, "validate", None)
+        if check is not None:
+            check()
+        return entry
     checks: dict[Any, Callable[[Any], bool]] = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),
