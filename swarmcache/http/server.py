@@ -442,6 +442,27 @@ class ClientConnection(asyncio.Protocol):
             self._resume_read()
         return data
 
+    def detach_raw(self) -> tuple[bytes, int]:
+        """Stop reading through asyncio and hand the socket to the caller's own splicing.
+
+        Returns the raw bytes already received and unread, and a duplicate of the socket
+        descriptor that the caller owns and closes; :meth:`close` still ends the connection.
+        """
+        assert self._raw is not None and self.transport is not None
+        self.transport.pause_reading()
+        self._read_paused = True
+        pending = b"".join(self._raw)
+        self._raw.clear()
+        self._unread = 0
+        sock = self.transport.get_extra_info("socket")
+        return pending, os.dup(sock.fileno())
+
+    async def flush(self) -> None:
+        """Wait until everything written so far has left the transport's buffer."""
+        if self.transport is not None:
+            self.transport.set_write_buffer_limits(high=0, low=0)
+            await self.drain()
+
     def write_eof(self) -> None:
         if self.transport is not None and not self._closed and self.transport.can_write_eof():
             self.transport.write_eof()

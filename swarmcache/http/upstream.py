@@ -231,6 +231,11 @@ class UpstreamConnection:
         sock = self._transport.get_extra_info("socket")
         return buffered, os.dup(sock.fileno())
 
+    async def flush(self) -> None:
+        """Wait until everything sent so far has left the transport's buffer."""
+        self._transport.set_write_buffer_limits(high=0, low=0)
+        await self._protocol.drain()
+
     def take_buffered(self) -> bytes:
         return self._reader.take_buffered()
 
