@@ -19,6 +19,7 @@ __all__ = ["RESULTS", "Metrics"]
 
 # The cache result of one request, as it appears in the `result` label and the access log.
 RESULTS = ("hit", "miss", "revalidated", "pass", "refused", "error")
+SOCKS_OUTCOMES = ("cached", "relayed", "refused", "unreachable", "bad_handshake")
 
 
 class _StoreCollector(Collector):
@@ -211,10 +212,20 @@ class Metrics:
             "Bytes relayed through CONNECT tunnels",
             registry=r,
         )
+        self.socks_connections = Counter(
+            "swarmcache_socks_connections_total",
+            "SOCKS5 connections by outcome (cached: HTTP through the cache; relayed: a raw "
+            "tunnel; refused: bad credentials or a forbidden destination; unreachable: the "
+            "destination could not be reached; bad_handshake: not SOCKS5)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in SOCKS_OUTCOMES:
+            self.socks_connections.labels(outcome)
         for result in RESULTS:
             self.requests.labels(result)
             self.served_bytes.labels(result)
-        for listener in ("transparent", "proxy"):
+        for listener in ("transparent", "proxy", "socks"):
             self.open_connections.labels(listener)
             self.refused_connections.labels(listener)
 

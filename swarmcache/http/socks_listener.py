@@ -113,6 +113,7 @@ class _SocksConnection(ClientConnection):
                     self._socks.accept_credentials(self._authentic(event))
                     self._reply()
                     if self._socks.state.name == "CLOSED":
+                        self._count("refused")
                         self.close()
                         return
                 elif isinstance(event, ConnectRequest):
@@ -124,6 +125,7 @@ class _SocksConnection(ClientConnection):
                     return
         except RemoteSocksError as exc:
             log.info("bad SOCKS handshake from %s: %s", self.client_ip, exc)
+            self._count("bad_handshake")
             self._reply()
             self.close()
 
@@ -140,10 +142,10 @@ class _SocksConnection(ClientConnection):
         try:
             address = await resolve_ipv4(request.host, request.port)
         except UpstreamError:
-            self._fail(ReplyCode.HOST_UNREACHABLE)
+            self._fail(ReplyCode.HOST_UNREACHABLE, "unreachable")
             return
         if blocked_destination(address) is not None:
-            self._fail(ReplyCode.NOT_ALLOWED)
+            self._fail(ReplyCode.NOT_ALLOWED, "refused")
             return
         self.local_addr = (address, request.port)
         if request.port in self.options.http_ports:
@@ -168,6 +170,7 @@ class _SocksConnection(ClientConnection):
     def _sniff(self, data: bytes) -> None:
         if data.startswith(_HTTP_METHODS):
             self._phase = "http"
+            self._count("cached")
             super().data_received(data)
             return
         self._phase = "connecting"
@@ -194,21 +197,28 @@ class _SocksConnection(ClientConnection):
             )
         except UpstreamError as exc:
             if replied:
+                self._count("unreachable")
                 self.close()
             else:
                 cause = exc.__cause__
                 refused = isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED
-                self._fail(ReplyCode.CONNECTION_REFUSED if refused else ReplyCode.HOST_UNREACHABLE)
+                code = ReplyCode.CONNECTION_REFUSED if refused else ReplyCode.HOST_UNREACHABLE
+                self._fail(code, "unreachable")
             return None
 
     async def _relay(self, upstream: UpstreamConnection, client_initial: bytes) -> None:
         self._phase = "relay"
+        self._count("relayed")
         self._raw = collections.deque()
         moved = await relay_both_ways(self, upstream, client_initial, upstream.take_buffered())
         self.ctx.metrics.tunnel_bytes.inc(moved)
         self.close()
 
-    def _fail(self, code: ReplyCode) -> None:
+    def _count(self, outcome: str) -> None:
+        self.ctx.metrics.socks_connections.labels(outcome).inc()
+
+    def _fail(self, code: ReplyCode, outcome: str) -> None:
+        self._count(outcome)
         self._socks.reply_failure(code)
         self._reply()
         self.close()
@@ -216,7 +226,6 @@ class _SocksConnection(ClientConnection):
     def _bound(self) -> tuple[str, int]:
         sock = self.transport.get_extra_info("sockname") if self.transport else None
         return (str(sock[0]), int(sock[1])) if sock else ("0.0.0.0", 0)
-
 
 
 def socks_connection_factory(

@@ -69,6 +69,8 @@ def test_http_through_socks_is_cached(gateway: Gateway) -> None:
     assert "x-cache: miss" in head1.lower()
     assert "x-cache: hit" in head2.lower()
     assert len(gateway.origin_requests("/socks.bin")) == 1
+    cached = gateway.metrics().get('swarmcache_socks_connections_total{outcome="cached"}')
+    assert cached is not None and cached >= 2
 
 
 def test_other_ports_are_relayed_untouched(gateway: Gateway) -> None:
@@ -81,6 +83,7 @@ def test_other_ports_are_relayed_untouched(gateway: Gateway) -> None:
     assert "x-cache" not in head.lower()  # the origin's own response, not the cache's
     metrics = gateway.metrics()
     assert metrics.get("swarmcache_http_tunnel_bytes_total", 0) >= len(payload)
+    assert metrics.get('swarmcache_socks_connections_total{outcome="relayed"}', 0) >= 1
 
 
 def test_refusals(gateway: Gateway) -> None:
@@ -99,6 +102,10 @@ def test_refusals(gateway: Gateway) -> None:
     assert rc != 0
     refused = gateway.metrics().get('swarmcache_http_refused_connections_total{listener="socks"}')
     assert refused is not None and refused >= 1
+    metrics = gateway.metrics()
+    # The wrong password and the loopback destination; the method mismatch is a bad handshake.
+    assert metrics.get('swarmcache_socks_connections_total{outcome="refused"}', 0) >= 2
+    assert metrics.get('swarmcache_socks_connections_total{outcome="bad_handshake"}', 0) >= 1
 
 
 @pytest.fixture
