@@ -6,7 +6,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 apt_packages=(iptables nftables iproute2 libnetfilter-queue-dev python3-dev gcc curl
               nginx-light wrk procps psmisc ca-certificates opentracker aria2
-              openssh-server openssh-client netcat-openbsd)
+              openssh-server openssh-client netcat-openbsd dante-server)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
