@@ -128,9 +128,12 @@ class Bench:
         with (self.www / "big.bin").open("wb") as f:
             for _ in range(self.params.big_mib * (1 << 20) // chunk):
                 f.write(os.urandom(chunk))
-        # Cold objects: distinct URLs, same bytes (hard links cost no disk and no generation).
+        # Cold objects: distinct URLs and distinct bytes (the same bytes under a new URL would
+        # be a fingerprint match, served from the stored big.bin, not a miss).
         for r in range(self.params.rounds):
-            os.link(self.www / "big.bin", self.www / f"cold-{r}.bin")
+            with (self.www / f"cold-{r}.bin").open("wb") as f:
+                for _ in range(self.params.big_mib * (1 << 20) // chunk):
+                    f.write(os.urandom(chunk))
 
     def start_nginx(self, name: str, ns: str, **subst: str) -> int:
         """Render bench/nginx/NAME.conf into the scratch directory, check it, start it in ns."""
