@@ -69,10 +69,8 @@ churn (0.05) the default wins by 1.1-1.5x. If the ISP's real trace churns hard, 
 window (a small LRU segment admitted without the filter) or shrink ``sample_size`` so the sketch
 forgets faster; replay the interceptor's log through :func:`simulate` to decide.
 
-Left to the callers: wiring to ``cache.store.Store`` / ``cache.torrents.TorrentStore`` (feed
-``on_insert``/``on_hit``/``on_remove`` from the index, rebuild state at start-up from the stored
-hit counts), running ``victims`` + file deletion in an executor, and evicting torrents piece range
-by piece range (track each range as its own key, e.g. ``(infohash, first_piece)``).
+The wiring to the real stores (notifications, start-up rebuild, file deletion in an executor,
+torrents piece range by piece range) is :mod:`cache.evictor`.
 """
 
 from __future__ import annotations
@@ -162,7 +160,11 @@ class EvictionPolicy(Protocol):
     @property
     def used_bytes(self) -> int: ...
 
-    def on_insert(self, key: Key, size: int, *, pinned: bool = False) -> None: ...
+    def on_insert(
+        self, key: Key, size: int, *, pinned: bool = False, hits: float = 0.0
+    ) -> None: ...
+
+    def resize(self, key: Key, size: int) -> None: ...
 
     def on_hit(self, key: Key) -> bool: ...
 
@@ -220,8 +222,12 @@ class _Tracking:
     def is_pinned(self, key: Key) -> bool:
         return key in self._pinned
 
-    def on_insert(self, key: Key, size: int, *, pinned: bool = False) -> None:
-        """Start tracking ``key``; re-inserting a tracked key replaces it (new size, new pin)."""
+    def on_insert(self, key: Key, size: int, *, pinned: bool = False, hits: float = 0.0) -> None:
+        """Start tracking ``key``; re-inserting a tracked key replaces it (new size, new pin).
+
+        ``hits`` restores a frequency remembered elsewhere (the store's hit counter, at start-up)
+        so that a restart does not make every object look new.
+        """
         _check_size(size)
         if key in self._sizes:
             self.on_remove(key)
@@ -230,7 +236,20 @@ class _Tracking:
         if pinned:
             self._pinned.add(key)
         else:
-            self._add(key, size)
+            self._add(key, size, hits)
+
+    def resize(self, key: Key, size: int) -> None:
+        """Change the size of a tracked key keeping its frequency (a torrent piece range
+        filling up); an untracked key is inserted."""
+        _check_size(size)
+        old = self._sizes.get(key)
+        if old is None:
+            self.on_insert(key, size)
+            return
+        self._sizes[key] = size
+        self._used += size - old
+        if key not in self._pinned:
+            self._resized(key, size)
 
     def on_hit(self, key: Key) -> bool:
         """Record a hit; False (and no effect) if ``key`` is not tracked."""
@@ -260,7 +279,7 @@ class _Tracking:
             self._pinned.add(key)
         elif not pinned and key in self._pinned:
             self._pinned.discard(key)
-            self._add(key, size)
+            self._add(key, size, 0.0)
 
     def admit(self, key: Key, size: int) -> bool:
         _check_size(size)
@@ -286,7 +305,10 @@ class _Tracking:
         return self._peek(need_bytes)
 
     # subclass hooks
-    def _add(self, key: Key, size: int) -> None:
+    def _add(self, key: Key, size: int, hits: float) -> None:
+        raise NotImplementedError
+
+    def _resized(self, key: Key, size: int) -> None:
         raise NotImplementedError
 
     def _drop(self, key: Key) -> None:
@@ -311,8 +333,11 @@ class LRU(_Tracking):
         super().__init__()
         self._order: OrderedDict[Key, None] = OrderedDict()
 
-    def _add(self, key: Key, size: int) -> None:
+    def _add(self, key: Key, size: int, hits: float) -> None:
         self._order[key] = None
+
+    def _resized(self, key: Key, size: int) -> None:
+        pass  # recency does not depend on size
 
     def _drop(self, key: Key) -> None:
         self._order.pop(key, None)
@@ -384,8 +409,11 @@ class GDSFPolicy(_Tracking):
         self._heap = [(e[0], int(e[1]), k) for k, e in self._entries.items()]
         heapq.heapify(self._heap)
 
-    def _add(self, key: Key, size: int) -> None:
-        self._push(key, 1.0, size)
+    def _add(self, key: Key, size: int, hits: float) -> None:
+        self._push(key, 1.0 + hits, size)
+
+    def _resized(self, key: Key, size: int) -> None:
+        self._push(key, self._entries[key][2], size)
 
     def _drop(self, key: Key) -> None:
         # Lazy deletion: the heap entry goes stale and is skipped when it surfaces.
@@ -592,8 +620,11 @@ class TinyLFU:
     def __len__(self) -> int:
         return len(self.inner)
 
-    def on_insert(self, key: Key, size: int, *, pinned: bool = False) -> None:
-        self.inner.on_insert(key, size, pinned=pinned)
+    def on_insert(self, key: Key, size: int, *, pinned: bool = False, hits: float = 0.0) -> None:
+        self.inner.on_insert(key, size, pinned=pinned, hits=hits)
+
+    def resize(self, key: Key, size: int) -> None:
+        self.inner.resize(key, size)
 
     def on_hit(self, key: Key) -> bool:
         self.sketch.add(key)

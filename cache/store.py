@@ -48,10 +48,10 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Protocol, Self
 
 import lmdb
 
@@ -62,6 +62,7 @@ __all__ = [
     "ObjectMeta",
     "Store",
     "StoreError",
+    "StoreObserver",
     "StoreStats",
 ]
 
@@ -223,6 +224,24 @@ def _decode_meta(buf: bytes) -> ObjectMeta:
     )
 
 
+class StoreObserver(Protocol):
+    """Told of every change to the index once it is committed (``cache/evictor.py``).
+
+    Called in the thread of the store call that made the change, under the store's writer lock
+    for everything but :meth:`object_hit`: implementations must be thread-safe and quick, and
+    must not call back into the store's writing methods.
+    """
+
+    def object_stored(self, key: bytes, meta: ObjectMeta) -> None: ...
+
+    def object_removed(self, key: bytes) -> None: ...
+
+    def object_hit(self, key: bytes) -> None: ...
+
+    def blobs_changed(self, added: Sequence[BlobRef], freed: Sequence[BlobRef]) -> None:
+        """Blob files newly referenced by the index, and blob files unlinked."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStats:
     objects: int
@@ -345,14 +364,18 @@ class BlobWriter:
         final = _blob_path(self._blob_root, ref.digest)
         shard = os.path.dirname(final)
         try:
-            if fsync:
+            # The same body already stored under its name (the same file under another URL,
+            # a fingerprint match) is durable there: this copy is dropped unsynced, or every
+            # deduplicated fill would write its whole body to disk for nothing.
+            duplicate = self._dedup(final, ref.size)
+            if fsync and not duplicate:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._state = "closing"
-            created = not os.path.isdir(shard)
+            created = not duplicate and not os.path.isdir(shard)
             if created:
                 os.makedirs(shard, exist_ok=True)
-            if not self._dedup(final, ref.size):
+            if not duplicate:
                 # rename() also replaces an existing file of the wrong size: a damaged copy
                 # is healed by the next fill of the same body.
                 os.rename(self.path, final)
@@ -444,6 +467,7 @@ class Store:
         self._verifying: dict[BlobRef, threading.Event] = {}
         self._vlock = threading.Lock()
         self._closed = False
+        self.observer: StoreObserver | None = None
         try:
             for d in (self.directory, index_dir, self._blob_root, self._tmp_dir):
                 os.makedirs(d, exist_ok=True)
@@ -583,6 +607,16 @@ class Store:
     def blob_path(self, ref: BlobRef) -> str:
         return _blob_path(self._blob_root, ref.digest)
 
+    def has_blob(self, ref: BlobRef) -> bool:
+        """Whether some object references ``ref`` (so its file exists until unreferenced)."""
+        self._check_open()
+        try:
+            with self._env.begin(db=self._blobs) as txn:
+                raw = txn.get(bytes.fromhex(ref.digest))
+        except lmdb.Error as e:
+            raise StoreError(f"has_blob failed: {e}") from e
+        return raw is not None and _BLOB_REC.unpack(raw)[1] == ref.size
+
     def open_blob(self, ref: BlobRef) -> int:
         """An ``O_RDONLY`` fd on the blob; :class:`CorruptBlob` if missing or of the wrong size.
 
@@ -663,7 +697,11 @@ class Store:
                     cursor = txn.cursor(db=self._refs)
                     if cursor.set_key(d32):
                         removed = list(cursor.iternext_dup())
+                    keys: list[bytes] = []
                     for ikey in removed:
+                        raw_meta = txn.get(ikey, db=self._objects)
+                        if raw_meta is not None:
+                            keys.append(_decode_record(ikey, raw_meta)[0])
                         txn.delete(ikey, db=self._objects)
                     txn.delete(d32, db=self._refs)  # all duplicates
                     raw = txn.get(d32, db=self._blobs)
@@ -673,6 +711,7 @@ class Store:
                         self._add_bytes(txn, -size)
                 self._env.sync(True)
                 self._unlink_blob(ref.digest)
+                self._notify((), keys, (), [ref] if raw is not None else [])
         except lmdb.Error as e:
             raise StoreError(f"drop_blob failed: {e}") from e
         with self._vlock:
@@ -731,7 +770,8 @@ class Store:
         total = self._total_bytes(txn)
         txn.put(b"bytes", _U64.pack(max(0, total + delta)), db=self._info)
 
-    def _incref(self, txn: lmdb.Transaction, ref: BlobRef, ikey: bytes) -> None:
+    def _incref(self, txn: lmdb.Transaction, ref: BlobRef, ikey: bytes) -> bool:
+        """True when the blob was not referenced before."""
         d32 = bytes.fromhex(ref.digest)
         raw = txn.get(d32, db=self._blobs)
         if raw is None:
@@ -743,6 +783,7 @@ class Store:
                 raise StoreError(f"blob {ref.digest} is indexed with size {size}, not {ref.size}")
         txn.put(d32, _BLOB_REC.pack(refs + 1, ref.size), db=self._blobs)
         txn.put(d32, ikey, db=self._refs, dupdata=True)
+        return raw is None
 
     def _decref(self, txn: lmdb.Transaction, ref: BlobRef, ikey: bytes) -> bool:
         """True when that was the last reference: the caller unlinks after the commit."""
@@ -768,6 +809,23 @@ class Store:
             with self._vlock:
                 self._verified.difference_update(dead)
 
+    def _notify(
+        self,
+        stored: Iterable[tuple[bytes, ObjectMeta]],
+        removed: Iterable[bytes],
+        added: Sequence[BlobRef],
+        freed: Sequence[BlobRef],
+    ) -> None:
+        observer = self.observer
+        if observer is None:
+            return
+        for key, meta in stored:
+            observer.object_stored(key, meta)
+        for key in removed:
+            observer.object_removed(key)
+        if added or freed:
+            observer.blobs_changed(added, freed)
+
     def _merged(self, key: bytes, meta: ObjectMeta) -> ObjectMeta:
         # dict.get is atomic under the GIL: no lock on the hit path.
         pending = self._touches.get(key)
@@ -788,6 +846,7 @@ class Store:
         record = _encode_record(key, ikey, meta)
         path = self.blob_path(meta.blob)
         dead: list[BlobRef] = []
+        added: list[BlobRef] = []
         try:
             with self._wlock:
                 with self._env.begin(write=True) as txn:
@@ -802,13 +861,15 @@ class Store:
                     old_raw = txn.get(ikey, db=self._objects)
                     old = None if old_raw is None else _decode_record(ikey, old_raw)[1]
                     if old is None or old.blob != meta.blob:
-                        self._incref(txn, meta.blob, ikey)
+                        if self._incref(txn, meta.blob, ikey):
+                            added.append(meta.blob)
                         if old is not None and self._decref(txn, old.blob, ikey):
                             dead.append(old.blob)
                     txn.put(ikey, record, db=self._objects)
                     self._forget_touches(key)
                 if dead:
                     self._finish_removal(dead)
+                self._notify([(key, meta)], (), added, dead)
         except lmdb.Error as e:
             raise StoreError(f"put failed: {e}") from e
         except OSError as e:
@@ -839,15 +900,17 @@ class Store:
         ikey = _ikey(key)
         record = _encode_record(key, ikey, meta)
         try:
-            with self._wlock, self._env.begin(write=True, db=self._objects) as txn:
-                old_raw = txn.get(ikey)
-                if old_raw is None:
-                    return
-                old = _decode_record(ikey, old_raw)[1]
-                if old.blob != meta.blob:
-                    raise StoreError("update() cannot change the blob: use put()")
-                txn.put(ikey, record)
-                self._forget_touches(key)
+            with self._wlock:
+                with self._env.begin(write=True, db=self._objects) as txn:
+                    old_raw = txn.get(ikey)
+                    if old_raw is None:
+                        return
+                    old = _decode_record(ikey, old_raw)[1]
+                    if old.blob != meta.blob:
+                        raise StoreError("update() cannot change the blob: use put()")
+                    txn.put(ikey, record)
+                    self._forget_touches(key)
+                self._notify([(key, meta)], (), (), ())
         except lmdb.Error as e:
             raise StoreError(f"update failed: {e}") from e
 
@@ -856,6 +919,9 @@ class Store:
         with self._tlock:
             hits, last = self._touches.get(key, (0, 0.0))
             self._touches[key] = (hits + 1, max(last, now))
+        observer = self.observer
+        if observer is not None:
+            observer.object_hit(key)
         # Never wait for the writer lock on the hit path: if it is busy, flush next time.
         if len(self._touches) >= _TOUCH_FLUSH_AT and self._wlock.acquire(blocking=False):
             try:
@@ -895,56 +961,132 @@ class Store:
         return written
 
     def delete(self, key: bytes) -> bool:
-        self._check_open()
-        ikey = _ikey(key)
-        dead: list[BlobRef] = []
-        try:
-            with self._wlock:
-                with self._env.begin(write=True) as txn:
-                    raw = txn.get(ikey, db=self._objects)
-                    if raw is None:
-                        return False
-                    meta = _decode_record(ikey, raw)[1]
-                    txn.delete(ikey, db=self._objects)
-                    if self._decref(txn, meta.blob, ikey):
-                        dead.append(meta.blob)
-                    self._forget_touches(key)
-                self._finish_removal(dead)
-        except lmdb.Error as e:
-            raise StoreError(f"delete failed: {e}") from e
-        return True
+        return bool(self.delete_keys([key]))
 
-    def delete_where(self, predicate: Callable[[bytes, ObjectMeta], bool]) -> int:
-        """Delete every object for which ``predicate(key, meta)`` holds; returns the count.
+    def delete_keys(
+        self,
+        keys: Iterable[bytes],
+        predicate: Callable[[bytes, ObjectMeta], bool] | None = None,
+    ) -> list[bytes]:
+        """Delete ``keys`` (only those whose current meta satisfies ``predicate``, if given);
+        returns the keys deleted.
 
-        Scans a snapshot without holding the writer lock, then deletes in batches, asking the
-        predicate again about the current meta (it may have changed since the scan). The
-        predicate must not modify the store. Slow: run it in a worker thread.
+        Batches of ``_DELETE_BATCH`` per write transaction. The predicate is asked under the
+        writer lock about the meta as it is now, so the evictor's "not pinned" check cannot
+        race with a pin. It must not modify the store.
         """
-        candidates = [key for key, meta in self.iter_objects() if predicate(key, meta)]
-        deleted = 0
-        for start in range(0, len(candidates), _DELETE_BATCH):
+        self._check_open()
+        keys = list(keys)
+        deleted: list[bytes] = []
+        for start in range(0, len(keys), _DELETE_BATCH):
             dead: list[BlobRef] = []
+            batch: list[bytes] = []
             try:
                 with self._wlock:
                     with self._env.begin(write=True) as txn:
-                        for key in candidates[start : start + _DELETE_BATCH]:
+                        for key in keys[start : start + _DELETE_BATCH]:
                             ikey = _ikey(key)
                             raw = txn.get(ikey, db=self._objects)
                             if raw is None:
                                 continue
                             stored_key, meta = _decode_record(ikey, raw)
-                            if stored_key != key or not predicate(key, self._merged(key, meta)):
+                            if stored_key != key:
+                                continue
+                            if predicate is not None and not predicate(
+                                key, self._merged(key, meta)
+                            ):
                                 continue
                             txn.delete(ikey, db=self._objects)
                             if self._decref(txn, meta.blob, ikey):
                                 dead.append(meta.blob)
                             self._forget_touches(key)
-                            deleted += 1
+                            batch.append(key)
                     self._finish_removal(dead)
+                    self._notify((), batch, (), dead)
             except lmdb.Error as e:
-                raise StoreError(f"delete_where failed: {e}") from e
+                raise StoreError(f"delete failed: {e}") from e
+            deleted += batch
         return deleted
+
+    def delete_where(
+        self, predicate: Callable[[bytes, ObjectMeta], bool], *, prefix: bytes | None = None
+    ) -> int:
+        """Delete every object for which ``predicate(key, meta)`` holds; returns the count.
+
+        Scans a snapshot without holding the writer lock, then deletes in batches, asking the
+        predicate again about the current meta (it may have changed since the scan). The
+        predicate must not modify the store. With ``prefix`` only keys starting with it are
+        considered (see :meth:`iter_prefix`). Slow: run it in a worker thread.
+        """
+        scan = self.iter_objects() if prefix is None else self.iter_prefix(prefix)
+        candidates = [key for key, meta in scan if predicate(key, meta)]
+        return len(self.delete_keys(candidates, predicate))
+
+    def set_pinned_where(
+        self,
+        decide: Callable[[bytes, ObjectMeta], bool | None],
+        *,
+        prefix: bytes | None = None,
+    ) -> int:
+        """Set the pinned flag of objects to ``decide(key, meta)`` (None: leave it alone).
+
+        Returns how many flags changed. Hit counters, pending ones included, are kept. Batched
+        like :meth:`delete_where`, and as slow: run it in a worker thread.
+        """
+        scan = self.iter_objects() if prefix is None else self.iter_prefix(prefix)
+        candidates = [key for key, meta in scan if decide(key, meta) not in (None, meta.pinned)]
+        changed = 0
+        for start in range(0, len(candidates), _DELETE_BATCH):
+            updated: list[tuple[bytes, ObjectMeta]] = []
+            try:
+                with self._wlock:
+                    with self._env.begin(write=True, db=self._objects) as txn:
+                        for key in candidates[start : start + _DELETE_BATCH]:
+                            ikey = _ikey(key)
+                            raw = txn.get(ikey)
+                            if raw is None:
+                                continue
+                            stored_key, meta = _decode_record(ikey, raw)
+                            pinned = decide(key, meta) if stored_key == key else None
+                            if pinned is None or pinned == meta.pinned:
+                                continue
+                            meta = dataclasses.replace(meta, pinned=pinned)
+                            txn.put(ikey, _encode_record(key, ikey, meta))
+                            updated.append((key, meta))
+                            changed += 1
+                    # The evictor learns of the new flags (a pinned object is never offered).
+                    self._notify(updated, (), (), ())
+            except lmdb.Error as e:
+                raise StoreError(f"set_pinned_where failed: {e}") from e
+        return changed
+
+    def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, ObjectMeta]]:
+        """Every (key, meta) whose key starts with ``prefix``, in one snapshot.
+
+        Short keys are a key range of the index, so this reads only what matches; the few keys
+        too long to store inline (kept under their hash) are all read and filtered. Same
+        caveat as :meth:`iter_objects`: exhaust or close it promptly.
+        """
+        self._check_open()
+        try:
+            txn = self._env.begin(db=self._objects)
+        except lmdb.Error as e:
+            raise StoreError(f"iter_prefix failed: {e}") from e
+        try:
+            for start in (_INLINE + prefix, _HASHED):
+                cursor = txn.cursor()
+                if not cursor.set_range(start):
+                    continue
+                for ikey, raw in cursor:
+                    if not ikey.startswith(start):
+                        break
+                    key, meta = _decode_record(ikey, raw)
+                    if key.startswith(prefix):
+                        yield key, self._merged(key, meta)
+        except lmdb.Error as e:
+            raise StoreError(f"iter_prefix failed: {e}") from e
+        finally:
+            txn.abort()
 
     def iter_objects(self) -> Iterator[tuple[bytes, ObjectMeta]]:
         """Every (key, meta) in one read-transaction snapshot.

@@ -26,6 +26,13 @@ Why it is built this way:
   :meth:`TorrentStore.bitfield` read an in-memory bytearray; traffic counters and local peers are
   buffered in memory and written back by :meth:`TorrentStore.commit`. Hashing and writing run in
   worker threads (``hashlib`` releases the GIL), so every method is thread-safe.
+* **Eviction clears bits before it frees blocks.** :meth:`TorrentStore.evict_pieces` clears a
+  range's bits in memory (nothing new is served from it) and durably (a crash cannot bring them
+  back), and only then may :meth:`TorrentStore.punch` give the blocks back with
+  ``fallocate(PUNCH_HOLE)``; ``punch`` re-checks under the torrent's ``io_lock`` that no piece
+  was written back meanwhile. Reading a punched range yields zeros, so the order is what keeps
+  zeros from ever being served; the caller also waits until no send of those pieces is queued
+  (``cache/evictor.py``, ``Seeder.in_flight``).
 * **Locks, outermost first:** ``_admin`` serialises the rare operations that change durable state
   (add, commit, pin, purge, the end of verify_all, close); a per-torrent ``io_lock`` guards the
   payload fd's lifetime against a purge (a pwrite to a closed, reused fd number would corrupt
@@ -50,6 +57,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import ctypes
 import hashlib
 import math
 import os
@@ -59,10 +67,10 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, Literal, Self
+from typing import Final, Literal, Protocol, Self
 
 from cache.store import Store, StoreError
 
@@ -70,6 +78,7 @@ __all__ = [
     "HashKind",
     "TorrentInfo",
     "TorrentMismatch",
+    "TorrentObserver",
     "TorrentStore",
     "UnknownTorrent",
 ]
@@ -99,6 +108,35 @@ _READ_CHUNK: Final = 4 << 20
 # One TorrentStore per Store: two would each believe they own the payload files.
 _OPEN_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
 _OPEN_LOCK = threading.Lock()
+
+
+_FALLOC_FL_KEEP_SIZE: Final = 0x01
+_FALLOC_FL_PUNCH_HOLE: Final = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_fallocate.restype = ctypes.c_int
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Deallocate ``[offset, offset + length)`` keeping the file's size; it then reads zeros."""
+    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class TorrentObserver(Protocol):
+    """Told when held pieces change (``cache/evictor.py``); called in the caller's thread, so
+    implementations must be thread-safe and quick."""
+
+    def piece_stored(self, info_hash: bytes, index: int, length: int) -> None: ...
+
+    def pieces_dropped(self, info_hash: bytes, pieces: Sequence[tuple[int, int]]) -> None:
+        """(index, length) of pieces no longer held (a failed sync, a failed re-check)."""
+
+    def torrent_removed(self, info_hash: bytes) -> None: ...
+
+    def torrent_pinned(self, info_hash: bytes, pinned: bool) -> None: ...
 
 
 class UnknownTorrent(StoreError, LookupError):
@@ -370,6 +408,7 @@ class TorrentStore:
         self._lock = threading.Lock()
         self._torrents: dict[bytes, _Torrent] = {}
         self._closed = False
+        self.observer: TorrentObserver | None = None
         try:
             os.makedirs(self._dir, exist_ok=True)
             self._records = store.open_table(b"torrents")
@@ -606,6 +645,8 @@ class TorrentStore:
                     os.close(t.fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path(info_hash))
+            if self.observer is not None:
+                self.observer.torrent_removed(info_hash)
             return True
 
     def pin(self, info_hash: bytes) -> None:
@@ -626,6 +667,13 @@ class TorrentStore:
         except StoreError:
             t.pinned = old
             raise
+        if self.observer is not None and old != pinned:
+            self.observer.torrent_pinned(t.info_hash, pinned)
+
+    def is_pinned(self, info_hash: bytes) -> bool:
+        """Whether the torrent is pinned (False if unknown); memory only."""
+        t = self._torrents.get(info_hash)
+        return t is not None and t.pinned
 
     # --- pieces ---------------------------------------------------------------------------
 
@@ -660,10 +708,13 @@ class TorrentStore:
                         ) from e
                     pos += n
                 with self._lock:
-                    if not _test(t.visible, index):
+                    added = not _test(t.visible, index)
+                    if added:
                         _set(t.visible, index)
                         t.have += 1
                         t.pending.add(index)
+        if added and self.observer is not None:
+            self.observer.piece_stored(info_hash, index, length)
         return True
 
     def commit(self) -> int:
@@ -694,12 +745,16 @@ class TorrentStore:
             if failed:
                 # After a failed fdatasync the kernel may have dropped the dirty pages: the
                 # bytes of these pieces are unknown, so they are no longer served.
+                dropped: list[tuple[_Torrent, list[int]]] = []
                 with self._lock:
                     for t, _ in failed:
                         for i in t.pending:
                             _clear(t.visible, i)
                         t.have -= len(t.pending)
+                        dropped.append((t, sorted(t.pending)))
                         t.pending.clear()
+                for t, indices in dropped:
+                    self._tell_dropped(t, indices)
                 first, error = failed[0]
                 raise StoreError(
                     f"cannot sync payload of {first.info_hash.hex()}: {error}"
@@ -783,14 +838,109 @@ class TorrentStore:
             # durable: an undone clear would serve the corrupt pieces again after a crash.
             with self._store.transaction(write=True, durable=True) as txn:
                 txn.put(info_hash, _encode_state(t, durable, t.up, t.down), db=self._states)
+            gone: list[int] = []
             with self._lock:
                 t.durable = durable
                 for i in bad:
                     if _test(t.visible, i):
                         _clear(t.visible, i)
                         t.have -= 1
+                        gone.append(i)
                     t.pending.discard(i)
+            self._tell_dropped(t, gone)
         return len(bad)
+
+    def _tell_dropped(self, t: _Torrent, indices: Sequence[int]) -> None:
+        if self.observer is not None and indices:
+            self.observer.pieces_dropped(t.info_hash, [(i, t.span(i)[1]) for i in indices])
+
+    # --- eviction ---------------------------------------------------------------------------
+
+    def evict_pieces(self, info_hash: bytes, first: int, stop: int) -> builtins.list[int]:
+        """Stop serving the held pieces in ``[first, stop)`` and forget them durably.
+
+        Returns the indices cleared: none for a pinned or unknown torrent (checked under the
+        admin lock, so a concurrent pin wins). The bytes stay on disk until :meth:`punch`. The
+        observer is not told: the caller (the evictor) is the one evicting. Slow (a durable
+        LMDB commit): run it in a worker thread.
+        """
+        with self._admin:
+            self._check_open()
+            t = self._torrents.get(info_hash)
+            if t is None or t.pinned:
+                return []
+            stop = min(stop, t.num_pieces)
+            with self._lock:
+                cleared = [i for i in range(max(0, first), stop) if _test(t.visible, i)]
+                was_pending = {i for i in cleared if i in t.pending}
+                for i in cleared:
+                    _clear(t.visible, i)
+                    t.pending.discard(i)
+                t.have -= len(cleared)
+            if not cleared:
+                return []
+            durable = bytearray(t.durable)
+            for i in cleared:
+                _clear(durable, i)
+            try:
+                with self._store.transaction(write=True, durable=True) as txn:
+                    txn.put(info_hash, _encode_state(t, durable, t.up, t.down), db=self._states)
+            except StoreError:
+                # Nothing was punched: the bytes are intact, so the pieces are served again.
+                with self._lock:
+                    for i in cleared:
+                        if not _test(t.visible, i):
+                            _set(t.visible, i)
+                            t.have += 1
+                            if i in was_pending:
+                                t.pending.add(i)
+                raise
+            with self._lock:
+                t.durable = durable
+            return cleared
+
+    def punch(self, info_hash: bytes, pieces: Iterable[int]) -> int:
+        """Give the disk blocks of evicted ``pieces`` back to the filesystem.
+
+        Only pieces not held are touched (one written back since :meth:`evict_pieces` is
+        skipped: the check and the punch happen under the torrent's ``io_lock``, which every
+        write holds). Returns the bytes of allocation released (``st_blocks`` before minus
+        after). :class:`StoreError` if the filesystem cannot punch holes. Worker thread.
+        """
+        t = self._torrents.get(info_hash)
+        if t is None:
+            return 0
+        with t.io_lock:
+            if t.closed:
+                return 0
+            with self._lock:
+                todo = sorted(
+                    i for i in set(pieces) if 0 <= i < t.num_pieces and not _test(t.visible, i)
+                )
+            try:
+                before = os.fstat(t.fd).st_blocks
+                run_start = prev = -2
+                for i in [*todo, -2]:
+                    if i == prev + 1:
+                        prev = i
+                        continue
+                    if run_start >= 0:
+                        offset = run_start * t.piece_length
+                        end = min((prev + 1) * t.piece_length, t.total_length)
+                        _punch_hole(t.fd, offset, end - offset)
+                    run_start = prev = i
+                after = os.fstat(t.fd).st_blocks
+            except OSError as e:
+                raise StoreError(f"cannot punch holes in payload of {info_hash.hex()}: {e}") from e
+        return max(0, before - after) * 512
+
+    def disk_bytes(self, info_hash: bytes) -> int:
+        """Bytes the payload file occupies on disk (``st_blocks``), holes excluded."""
+        t = self._require(info_hash)
+        try:
+            return int(os.stat(self._path(t.info_hash)).st_blocks) * 512
+        except OSError as e:
+            raise StoreError(f"cannot stat payload of {info_hash.hex()}: {e}") from e
 
     # --- reading ----------------------------------------------------------------------------
 

@@ -17,6 +17,10 @@ Why it is built this way
   verifies; when no fetch is possible it is refused with Reject Request (fast extension) or,
   for peers without it, dropped (they time out and ask elsewhere).
 * **Only subscribers.** Connections from outside the subscriber prefixes are closed at accept.
+* **Eviction knows what is in flight.** Each peer's queued blocks are remembered by piece
+  index (a FIFO, as the socket sends them in order), so the evictor can ask
+  :meth:`Seeder.in_flight` which pieces must not lose their bytes yet; ``on_serve`` tells it what
+  is read, to keep the hottest piece ranges.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import ipaddress
 import logging
 import os
 import socket
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -66,7 +72,7 @@ from swarm.peerwire import (
 from swarm.peerwire import Have as HaveMessage
 from swarm.utp import reset_for_syn
 
-__all__ = ["Fetch", "Seeder", "SeederStats"]
+__all__ = ["Fetch", "Seeder", "SeederStats", "ServedBatch"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,20 @@ _UT_METADATA_ID: Final = 3  # the id local peers use for ut_metadata messages to
 
 
 @dataclass(slots=True)
+class ServedBatch:
+    """What one local peer was served since its previous batch: one access-log line (the size
+    advisor replays them). ``fetched`` is the part that had to come from outside first."""
+
+    peer: str
+    info_hash: bytes
+    piece_length: int
+    pieces: list[int]
+    sent: int
+    fetched: int
+    seconds: float
+
+
+@dataclass(slots=True)
 class SeederStats:
     bytes_served: int = 0
     blocks_served: int = 0
@@ -89,12 +109,17 @@ class SeederStats:
 
 class _Local:
     __slots__ = (
+        "batch_fetched",
+        "batch_pieces",
+        "batch_started",
         "fast",
         "info",
         "info_hash",
         "metadata_id",
         "on_sent",
         "peer_id",
+        "piece_length",
+        "queued",
         "sock",
         "unrecorded",
         "waiting",
@@ -112,6 +137,13 @@ class _Local:
         self.unrecorded = 0
         self.on_sent: Callable[[int], None] | None = None
         self.waiting: dict[tuple[int, int, int], None] = {}
+        # Piece index of every block queued on the socket, oldest first.
+        self.queued: deque[int] = deque()
+        # For the access log (only kept when the seeder has an ``on_batch``).
+        self.piece_length = 0
+        self.batch_pieces: set[int] = set()
+        self.batch_fetched = 0
+        self.batch_started = time.monotonic()
 
 
 class _Payload:
@@ -149,6 +181,10 @@ class Seeder:
         self._utp: asyncio.DatagramTransport | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._waits: set[asyncio.Future[None]] = set()
+        # (info_hash, piece index, bytes) of every block served: the evictor's hit counter.
+        self.on_serve: Callable[[bytes, int, int], None] | None = None
+        # One call per local peer per _RECORD_EVERY bytes and at disconnect: the access log.
+        self.on_batch: Callable[[ServedBatch], None] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -217,6 +253,14 @@ class Seeder:
             if local.info_hash == info_hash:
                 local.sock.send(have)
 
+    def in_flight(self, info_hash: bytes) -> set[int]:
+        """Pieces of ``info_hash`` with blocks queued to a local peer but not yet sent."""
+        out: set[int] = set()
+        for local in self._peers.values():
+            if local.info_hash == info_hash:
+                out.update(local.queued)
+        return out
+
     def drop_torrent(self, info_hash: bytes) -> None:
         """The torrent was purged: its peers are disconnected, nothing more is served."""
         for peer, local in list(self._peers.items()):
@@ -228,9 +272,12 @@ class Seeder:
     def _block_sent(self, local: _Local, n: int) -> None:
         self.stats.bytes_served += n
         self.stats.blocks_served += 1
+        if local.queued:
+            local.queued.popleft()
         local.unrecorded += n
         if local.unrecorded >= _RECORD_EVERY and local.info_hash is not None:
             self.store.add_traffic(local.info_hash, uploaded=local.unrecorded)
+            self._log_batch(local)
             local.unrecorded = 0
         if local.sock.queued_bytes <= self.low_water:
             local.sock.resume_reading()
@@ -242,6 +289,7 @@ class Seeder:
         log.debug("local peer %s left: %s", peer.address, reason)
         if local.unrecorded:
             self.store.add_traffic(local.info_hash, uploaded=local.unrecorded)
+            self._log_batch(local)
         payload = self._payloads.get(local.info_hash)
         if payload is not None:
             payload.users -= 1
@@ -249,6 +297,25 @@ class Seeder:
                 del self._payloads[local.info_hash]
                 with contextlib.suppress(OSError):
                     os.close(payload.fd)
+
+    def _log_batch(self, local: _Local) -> None:
+        if self.on_batch is None or local.info_hash is None:
+            return
+        now = time.monotonic()
+        self.on_batch(
+            ServedBatch(
+                peer=local.sock.address[0],
+                info_hash=local.info_hash,
+                piece_length=local.piece_length,
+                pieces=sorted(local.batch_pieces),
+                sent=local.unrecorded,
+                fetched=min(local.batch_fetched, local.unrecorded),
+                seconds=now - local.batch_started,
+            )
+        )
+        local.batch_pieces.clear()
+        local.batch_fetched = 0
+        local.batch_started = now
 
     def peer_event(self, peer: PeerSocket, event: Event) -> None:
         local = self._peers.get(peer)
@@ -281,6 +348,7 @@ class Seeder:
             return
         local.info_hash = head.info_hash
         local.info = info.info
+        local.piece_length = info.piece_length
         local.fast = head.supports_fast
         peer.reader.set_num_pieces(info.num_pieces)
         out = [encode_handshake(head.info_hash, self.peer_id, make_reserved())]
@@ -371,6 +439,7 @@ class Seeder:
             if f.cancelled() or f.exception() is not None or not self.store.has(ih, req.index):
                 self._reject(local, req)
             else:
+                local.batch_fetched += req.length
                 self._serve(local, req, offset)
 
         fut.add_done_callback(arrived)
@@ -390,7 +459,13 @@ class Seeder:
         peer.send(piece_header(req.index, req.begin, req.length))
         if local.on_sent is None:
             local.on_sent = functools.partial(self._block_sent, local)
+        if req.length > 0:  # send_file queues nothing (and never calls on_sent) for 0 bytes
+            local.queued.append(req.index)
         peer.send_file(payload.fd, piece_offset + req.begin, req.length, local.on_sent)
+        if self.on_serve is not None:
+            self.on_serve(local.info_hash, req.index, req.length)
+        if self.on_batch is not None:
+            local.batch_pieces.add(req.index)
         if peer.queued_bytes > self.high_water:
             peer.pause_reading()
 

@@ -127,6 +127,7 @@ class SwarmService:
         self.bad_pieces = 0
         self.banned_peers = 0
         self.wasted_bytes = 0
+        self.admissions = 0
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -236,6 +237,7 @@ class SwarmService:
         """The interceptor found a torrent popular: cache it (not pinned, so evictable)."""
         ih = admission.info_hash
         log.info("admitting %s (%s)", ih.hex(), admission.reason)
+        self.admissions += 1
         if self.torrents.get(ih) is None:
             self._save_sources(ih, admission.trackers, ())
         known = self.torrents.get(ih)
@@ -308,6 +310,7 @@ class SwarmService:
             "wasted_bytes": self.wasted_bytes + sum(s.wasted for s in live),
             "bad_pieces": self.bad_pieces + sum(s.bad_pieces for s in live),
             "banned_peers": self.banned_peers + sum(s.banned for s in live),
+            "admissions": self.admissions,
             "local_served_bytes": seeder.bytes_served,
             "local_rejected_requests": seeder.rejected,
             "refused_connections": seeder.refused_connections,

@@ -7,7 +7,9 @@ aiohttp session for one request would only make them slower to start.
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -46,13 +48,33 @@ class AdminClient:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"null")
+                raw = resp.read()
         except urllib.error.HTTPError as exc:
             text = exc.read().decode("utf-8", "replace").strip()
             raise AdminError(exc.code, text or exc.reason) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+            where = urllib.parse.urlsplit(self.base_url).netloc or self.base_url
             raise DaemonUnreachable(
-                f"cannot reach the admin API at {self.base_url}: {reason} "
-                "(is `swarmcache run` running, and is --admin the right address?)"
+                f"swarmcache daemon not reachable at {where}: "
+                f"{_why(getattr(exc, 'reason', exc))} "
+                "(is `swarmcache run` running? the address is --admin or $SWARMCACHE_ADMIN)"
             ) from None
+        try:
+            return json.loads(raw or b"null")
+        except ValueError:
+            raise AdminError(
+                0, f"{self.base_url} answered with something other than JSON: is it the admin API?"
+            ) from None
+
+
+def _why(reason: object) -> str:
+    """A short lowercase reason: "connection refused", "timed out", ..."""
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, socket.gaierror):
+        return f"cannot resolve the host ({reason.strerror})"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cache.keyrules import KeyRule
+
 __all__ = [
     "AdminConfig",
     "BittorrentConfig",
@@ -28,6 +30,7 @@ __all__ = [
     "ConfigError",
     "HttpConfig",
     "InterceptConfig",
+    "LiveConfig",
     "LogConfig",
     "SocksConfig",
     "load_config",
@@ -96,6 +99,27 @@ class CacheConfig:
     # Bodies up to this size are read into memory on a hit: one write beats sendfile's setup.
     small_object_bytes: int = 64 << 10
     fsync: bool = True
+    # Disk quota for HTTP blobs and torrent pieces together (bytes); 0 = 90 % of the size of
+    # the filesystem holding cache.dir. Past high_watermark (a fraction of the quota) objects
+    # and torrent piece ranges are evicted, coldest first, down to low_watermark.
+    quota_bytes: int = 0
+    high_watermark: float = 0.95
+    low_watermark: float = 0.85
+    # Eviction order: "lfu-da" (byte hit ratio), "gdsf" (object hit ratio) or "lru".
+    eviction_policy: str = "lfu-da"
+    # TinyLFU admission: a new object is stored only if it is likely to be worth the bytes it
+    # displaces (one-off giants are relayed, not stored).
+    admission: bool = True
+    # Content fingerprints (docs/architecture.md): "sample" confirms a match with Range
+    # samples from the origin and then cuts the transfer; "full" always reads the whole body
+    # (storage is deduplicated, the uplink is not spared); "off" keeps no fingerprint index.
+    fingerprint: str = "sample"
+    fingerprint_min_bytes: int = 1 << 20
+    fingerprint_prefix_bytes: int = 64 << 10
+    fingerprint_samples: int = 4
+    fingerprint_sample_bytes: int = 16 << 10
+    # Per-site key rules ([[cache.key_rules]]); the first whose hosts match applies.
+    key_rules: tuple[KeyRule, ...] = ()
 
     def validate(self) -> None:
         if not self.dir:
@@ -104,6 +128,32 @@ class CacheConfig:
         _positive(self.max_object_bytes, "cache.max_object_bytes")
         if self.small_object_bytes < 0:
             raise ConfigError("cache.small_object_bytes: must be >= 0")
+        if self.quota_bytes < 0:
+            raise ConfigError("cache.quota_bytes: must be >= 0 (0 = 90 % of the filesystem)")
+        if not 0.0 < self.low_watermark <= self.high_watermark <= 1.0:
+            raise ConfigError(
+                "cache.low_watermark, cache.high_watermark: need 0 < low <= high <= 1, got "
+                f"low={self.low_watermark} high={self.high_watermark}"
+            )
+        if self.eviction_policy not in ("lfu-da", "gdsf", "lru"):
+            raise ConfigError(
+                f"cache.eviction_policy: expected lfu-da|gdsf|lru, got {self.eviction_policy!r}"
+            )
+        if self.fingerprint not in ("sample", "full", "off"):
+            raise ConfigError(
+                f"cache.fingerprint: expected sample|full|off, got {self.fingerprint!r}"
+            )
+        for name in ("fingerprint_prefix_bytes", "fingerprint_samples", "fingerprint_sample_bytes"):
+            _positive(getattr(self, name), f"cache.{name}")
+        if self.fingerprint_min_bytes <= self.fingerprint_prefix_bytes:
+            raise ConfigError(
+                "cache.fingerprint_min_bytes: must be larger than cache.fingerprint_prefix_bytes"
+            )
+        for i, rule in enumerate(self.key_rules):
+            try:
+                rule.check()
+            except ValueError as exc:
+                raise ConfigError(f"cache.key_rules[{i}]: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +293,58 @@ class BittorrentConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveConfig:
+    """Live fan-out: one upstream connection per live stream, its bytes multiplied to clients."""
+
+    # Which responses without a length are live streams: URL globs (or "re:" regexes) and
+    # media types (globs allowed); either list matching is enough. Both empty: off.
+    url_patterns: tuple[str, ...] = ()
+    content_types: tuple[str, ...] = ()
+    block_bytes: int = 64 << 10
+    # Memory per stream (the FIFO of blocks); also how far a client may fall behind.
+    ring_bytes: int = 4 << 20
+    # A new client starts this many bytes before the live edge (0: at the edge).
+    back_buffer_bytes: int = 0
+    # Join and skip positions are multiples of this (188 = MPEG-TS packets).
+    align_bytes: int = 1
+    # A client that fell behind the ring: "skip" to the live edge or "disconnect".
+    lag_policy: str = "skip"
+    # Bytes queued in the daemon per client before it waits for the socket to drain.
+    client_buffer_bytes: int = 64 << 10
+    # A client whose socket has not drained for this long is disconnected.
+    stall_timeout: float = 60.0
+    # Seconds the upstream stays open after the last client left.
+    linger: float = 5.0
+    # When the origin ends or fails: "end" every client, or "reconnect" and carry on.
+    upstream_end: str = "end"
+    reconnect_delay: float = 1.0
+
+    def validate(self) -> None:
+        from cache.live import LiveRules
+
+        try:
+            LiveRules(self.url_patterns, self.content_types)
+        except ValueError as exc:
+            raise ConfigError(f"live.url_patterns: {exc}") from None
+        for name in ("block_bytes", "ring_bytes", "align_bytes", "client_buffer_bytes"):
+            _positive(getattr(self, name), f"live.{name}")
+        for name in ("stall_timeout", "reconnect_delay"):
+            _positive(getattr(self, name), f"live.{name}")
+        if self.ring_bytes < 2 * self.block_bytes:
+            raise ConfigError("live.ring_bytes: must hold at least two blocks (2 * block_bytes)")
+        if not 0 <= self.back_buffer_bytes <= self.ring_bytes - self.block_bytes:
+            raise ConfigError("live.back_buffer_bytes: must be 0 to ring_bytes - block_bytes")
+        if self.linger < 0:
+            raise ConfigError(f"live.linger: must be >= 0, got {self.linger}")
+        if self.lag_policy not in ("skip", "disconnect"):
+            raise ConfigError(f"live.lag_policy: expected skip|disconnect, got {self.lag_policy!r}")
+        if self.upstream_end not in ("end", "reconnect"):
+            raise ConfigError(
+                f"live.upstream_end: expected end|reconnect, got {self.upstream_end!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class SocksConfig:
     # SOCKS5 listener for software pointed at the box; "" disables it.
     listen: str = ""
@@ -294,6 +396,7 @@ class Config:
     intercept: InterceptConfig = field(default_factory=InterceptConfig)
     bittorrent: BittorrentConfig = field(default_factory=BittorrentConfig)
     socks: SocksConfig = field(default_factory=SocksConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -306,6 +409,7 @@ class Config:
             self.intercept,
             self.bittorrent,
             self.socks,
+            self.live,
             self.admin,
             self.log,
         ):

@@ -11,25 +11,34 @@ import asyncio
 import logging
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from cache.eviction import Quota
+from cache.evictor import Evictor, disk_quota
+from cache.pins import PinRules
 from cache.store import Store
 from cache.torrents import TorrentStore
 from swarm.downloader import DownloadLimits
 from swarm.errors import SwarmError
 from swarm.popularity import PopularityTable
+from swarm.seeder import ServedBatch
 from swarm.sensor import Sensor
 from swarm.service import SwarmOptions, SwarmService
+from swarmcache.admin_api import OperatorAPI, info_hash_param
 from swarmcache.btsensing import BitTorrentSensing
 from swarmcache.config import Config, parse_hostport
 from swarmcache.http.accesslog import AccessLog
 from swarmcache.http.handler import CacheHandler
 from swarmcache.http.server import ConnectionLimits, ServerContext, connection_factory
 from swarmcache.metrics import Metrics
+from swarmcache.systemd import sd_notify
 
-__all__ = ["Daemon", "run"]
+if TYPE_CHECKING:
+    from interceptor.rules import InterceptSpec
+
+__all__ = ["Daemon", "intercept_spec", "run"]
 
 log = logging.getLogger("swarmcache")
 
@@ -44,6 +53,9 @@ class Daemon:
         self.handler = CacheHandler(
             store=self.store, metrics=self.metrics, config=config, access_log=self.access_log
         )
+        # Operator pin rules; is_pinned is also the evictor's "never evict" predicate.
+        self.pins = PinRules(self.store)
+        self.handler.is_pinned = self.pins.is_pinned
         self.limits = ConnectionLimits(config.http.max_connections_per_client)
         self.torrents: TorrentStore | None = None
         self.swarm: SwarmService | None = None
@@ -59,6 +71,7 @@ class Daemon:
                 self.torrents, config.cache.dir, self._swarm_options(), self.popularity
             )
             swarm = self.swarm
+            swarm.seeder.on_batch = self._log_torrent_batch
             if self.popularity is not None:
                 sensor = Sensor(
                     box=bt.steer_host_port(),
@@ -77,6 +90,7 @@ class Daemon:
                     if s.info is not None
                 ],
             )
+        self.evictor = self._make_evictor()
         self._tracker: web.AppRunner | None = None
         self._servers: list[asyncio.Server] = []
         self._contexts: list[ServerContext] = []
@@ -88,6 +102,17 @@ class Daemon:
         self.proxy_address: tuple[str, int] | None = None
         self.transparent_port: int | None = None
         self.admin_address: tuple[str, int] | None = None
+
+    def _log_torrent_batch(self, batch: ServedBatch) -> None:
+        self.access_log.record_torrent(
+            peer=batch.peer,
+            info_hash=batch.info_hash,
+            piece_length=batch.piece_length,
+            pieces=batch.pieces,
+            sent=batch.sent,
+            fetched=batch.fetched,
+            seconds=batch.seconds,
+        )
 
     def _sensing_figures(self) -> dict[str, Any]:
         assert self.sensing is not None and self.popularity is not None
@@ -156,8 +181,40 @@ class Daemon:
         self._contexts.append(ctx)
         return ctx
 
+    def _make_evictor(self) -> Evictor:
+        """The quota keeper, observing both stores (rebuilt from the index: slow at start-up
+        for a large cache, before anything is served)."""
+        c = self.config.cache
+        quota = Quota(
+            disk_quota(self.store.directory, c.quota_bytes), c.high_watermark, c.low_watermark
+        )
+        evictor = Evictor(
+            self.store,
+            quota,
+            torrents=self.torrents,
+            policy=c.eviction_policy,
+            admission=c.admission,
+            is_pinned=self.pins.is_pinned,
+            downloading=self._downloading,
+        )
+        evictor.rebuild()
+        evictor.install()
+        self.handler.admission = evictor.admit
+        if self.swarm is not None:
+            self.swarm.seeder.on_serve = evictor.piece_served
+        self.metrics.watch_eviction(evictor.figures)
+        return evictor
+
+    def _downloading(self, info_hash: bytes) -> bool:
+        # Called from the evictor's thread: one dict lookup and a flag, no await.
+        download = self.swarm.downloads.get(info_hash) if self.swarm is not None else None
+        return download is not None and not download.done.is_set()
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.evictor.attach(
+            loop, in_flight=self.swarm.seeder.in_flight if self.swarm is not None else None
+        )
         if self.config.http.proxy_listen:
             host, port = parse_hostport(self.config.http.proxy_listen, key="http.proxy_listen")
             server = await loop.create_server(
@@ -203,26 +260,14 @@ class Daemon:
 
         loop = asyncio.get_running_loop()
         icfg = self.config.intercept
-        bt = self.config.bittorrent
-        ports = icfg.ports
-        sense_queue: int | None = None
-        if self.sensing is not None:
-            ports = tuple(dict.fromkeys((*icfg.ports, *bt.tracker_ports)))
-            sense_queue = bt.sense_queue
+        spec = intercept_spec(self.config)
+        sense_queue = spec.sense_queue
         sock = transparent_listener("0.0.0.0", icfg.listen_port)
         server = await loop.create_server(
             connection_factory(self._context("transparent", transparent=True)), sock=sock
         )
         self._servers.append(server)
         self.transparent_port = icfg.listen_port
-        spec = rules.InterceptSpec(
-            subscribers=icfg.subscriber_networks,
-            ports=ports,
-            listen_port=icfg.listen_port,
-            queue_num=icfg.queue_num,
-            route_table=icfg.route_table,
-            sense_queue=sense_queue,
-        )
         self._synqueue = SynQueue(icfg.queue_num)
         self._synqueue.start(loop)
         if self.sensing is not None and sense_queue is not None:
@@ -260,6 +305,16 @@ class Daemon:
         app.router.add_get("/api/torrents/{info_hash}", self._torrent_view)
         app.router.add_delete("/api/torrents/{info_hash}", self._purge_view)
         app.router.add_get("/api/bittorrent/seen", self._seen_view)
+        self.operator = OperatorAPI(
+            store=self.store,
+            handler=self.handler,
+            pins=self.pins,
+            metrics=self.metrics,
+            swarm=self.swarm,
+            cache_dir=self.config.cache.dir,
+            narrow_scans=not self.config.cache.key_rules,
+        )
+        self.operator.add_routes(app)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -294,6 +349,7 @@ class Daemon:
                 "bytes": stats.bytes,
                 "open_connections": sum(len(c.connections) for c in self._contexts),
                 "fetches_in_flight": len(self.handler.coalescer),
+                **self.operator.stats(),
             }
         )
 
@@ -324,14 +380,7 @@ class Daemon:
 
     @staticmethod
     def _info_hash(request: web.Request) -> bytes:
-        text = request.match_info["info_hash"]
-        try:
-            raw = bytes.fromhex(text)
-        except ValueError:
-            raw = b""
-        if len(raw) != 20:
-            raise web.HTTPBadRequest(text=f"not a 40-hex-digit info hash: {text!r}\n")
-        return raw
+        return info_hash_param(request)
 
     async def _torrents_view(self, request: web.Request) -> web.Response:
         swarm = self._swarm_or_404()
@@ -424,10 +473,30 @@ class Daemon:
             await self._tracker.cleanup()
         if self.swarm is not None:
             await self.swarm.stop()
+        await self.evictor.close()
         if self.torrents is not None:
             self.torrents.close()
         self.access_log.close()
         self.store.close()
+
+
+def intercept_spec(config: Config) -> InterceptSpec:
+    """The rules ``config`` installs; also what ``swarmcache remove-rules`` (the systemd
+    unit's ExecStopPost) removes when the daemon could not."""
+    from interceptor.rules import InterceptSpec
+
+    icfg = config.intercept
+    bt = config.bittorrent
+    # The daemon senses BitTorrent (and diverts HTTP tracker ports) exactly in this case.
+    sensing = bt.enabled and bt.steering and icfg.enabled
+    return InterceptSpec(
+        subscribers=icfg.subscriber_networks,
+        ports=tuple(dict.fromkeys((*icfg.ports, *bt.tracker_ports))) if sensing else icfg.ports,
+        listen_port=icfg.listen_port,
+        queue_num=icfg.queue_num,
+        route_table=icfg.route_table,
+        sense_queue=bt.sense_queue if sensing else None,
+    )
 
 
 async def run(config: Config) -> None:
@@ -440,6 +509,8 @@ async def run(config: Config) -> None:
     try:
         await daemon.start()
         log.info("swarmcache ready")
+        sd_notify("READY=1")
         await stop.wait()
     finally:
+        sd_notify("STOPPING=1")
         await daemon.stop()

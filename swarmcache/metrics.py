@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cache.evictor import EvictionFigures
+
 __all__ = ["RESULTS", "Metrics"]
 
 # The cache result of one request, as it appears in the `result` label and the access log.
@@ -66,6 +68,11 @@ _SWARM_METRICS: dict[str, tuple[str, str, str]] = {
         "swarmcache_bt_refused_connections",
         "Seeder connections refused because the peer is not a subscriber",
     ),
+    "admissions": (
+        "counter",
+        "swarmcache_bt_admissions",
+        "Torrents admitted because enough local peers were seen using them",
+    ),
     "outside_peers": ("gauge", "swarmcache_bt_outside_peers", "Connected outside peers"),
     "local_peers": ("gauge", "swarmcache_bt_local_peers", "Connected local peers"),
 }
@@ -86,7 +93,7 @@ class _SwarmCollector(Collector):
             family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             yield family(name, text, value=values.get(key, 0))
         progress = GaugeMetricFamily(
-            "swarmcache_bt_torrent_progress",
+            "swarmcache_bt_torrent_progress_ratio",
             "Share of a torrent's pieces the store holds (0-1)",
             labels=["info_hash", "name"],
         )
@@ -159,6 +166,51 @@ class _SensingCollector(Collector):
         yield latency
 
 
+class _EvictionCollector(Collector):
+    """Quota and eviction figures, read from ``cache.evictor.Evictor.figures`` at scrape time."""
+
+    def __init__(self, read: Callable[[], EvictionFigures]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        f = self._read()
+        yield GaugeMetricFamily(
+            "swarmcache_store_quota_bytes",
+            "Disk quota for HTTP blobs and torrent pieces together",
+            value=f.quota_bytes,
+        )
+        yield GaugeMetricFamily(
+            "swarmcache_bt_store_bytes",
+            "Torrent payload bytes on disk (held pieces, and evicted ones not yet freed)",
+            value=f.torrent_bytes,
+        )
+        objects = CounterMetricFamily(
+            "swarmcache_evicted_objects",
+            "HTTP objects and torrent piece ranges evicted to keep under the quota",
+            labels=["kind"],
+        )
+        evicted = CounterMetricFamily(
+            "swarmcache_evicted_bytes",
+            "Bytes evicted to keep under the quota, by kind",
+            labels=["kind"],
+        )
+        for kind in ("http", "torrent"):
+            objects.add_metric([kind], f.evicted_objects.get(kind, 0))
+            evicted.add_metric([kind], f.evicted_bytes.get(kind, 0))
+        yield objects
+        yield evicted
+        yield CounterMetricFamily(
+            "swarmcache_eviction_runs",
+            "Eviction runs (usage passed the high watermark)",
+            value=f.runs,
+        )
+        yield CounterMetricFamily(
+            "swarmcache_store_not_admitted",
+            "Cacheable responses relayed without storing (admission filter or full quota)",
+            value=f.refused,
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -222,6 +274,55 @@ class Metrics:
         )
         for outcome in SOCKS_OUTCOMES:
             self.socks_connections.labels(outcome)
+        # Live fan-out; the gauges are read from the running streams at scrape time.
+        self.live_streams = Gauge(
+            "swarmcache_live_streams", "Live streams with an open upstream", registry=r
+        )
+        self.live_clients = Gauge(
+            "swarmcache_live_clients", "Clients attached to live streams", registry=r
+        )
+        self.live_ring_bytes = Gauge(
+            "swarmcache_live_ring_bytes", "Bytes held by the rings of all live streams", registry=r
+        )
+        self.live_dropped = Counter(
+            "swarmcache_live_clients_dropped_total",
+            "Live clients that fell behind the ring, by what was done to them",
+            ["action"],
+            registry=r,
+        )
+        self.live_upstream_bytes = Counter(
+            "swarmcache_live_upstream_bytes_total",
+            "Body bytes received from origins for live streams",
+            registry=r,
+        )
+        self.live_served_bytes = Counter(
+            "swarmcache_live_served_bytes_total",
+            "Body bytes of live streams sent to clients",
+            registry=r,
+        )
+        for action in ("skipped", "disconnected"):
+            self.live_dropped.labels(action)
+        # Content fingerprints (cache/fingerprint.py, swarmcache/http/dedup.py).
+        self.fingerprint_candidates = Counter(
+            "swarmcache_fingerprint_candidates_total",
+            "Large fills whose first bytes and length matched a stored blob",
+            registry=r,
+        )
+        self.fingerprint_confirmed = Counter(
+            "swarmcache_fingerprint_confirmed_total",
+            "Fingerprint candidates the origin's bytes confirmed (served from the stored blob)",
+            registry=r,
+        )
+        self.fingerprint_mismatches = Counter(
+            "swarmcache_fingerprint_mismatches_total",
+            "Fingerprint candidates that turned out to be different files",
+            registry=r,
+        )
+        self.fingerprint_saved_bytes = Counter(
+            "swarmcache_fingerprint_saved_bytes_total",
+            "Body bytes taken from a stored blob instead of the origin after a confirmed match",
+            registry=r,
+        )
         for result in RESULTS:
             self.requests.labels(result)
             self.served_bytes.labels(result)
@@ -241,6 +342,9 @@ class Metrics:
 
     def watch_sensing(self, read: Callable[[], dict[str, Any]]) -> None:
         self.registry.register(_SensingCollector(read))
+
+    def watch_eviction(self, read: Callable[[], EvictionFigures]) -> None:
+        self.registry.register(_EvictionCollector(read))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

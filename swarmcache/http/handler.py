@@ -25,9 +25,12 @@ from dataclasses import dataclass, field, replace
 
 from cache import policy
 from cache.fill import Coalescer, Fill, FillAborted, FillHead, PendingFetch
+from cache.keyrules import KeyRules
 from cache.store import BlobWriter, CorruptBlob, ObjectMeta, Store, StoreError
 from swarmcache.config import Config
 from swarmcache.http.accesslog import AccessLog
+from swarmcache.http.dedup import ContentDedup, DedupAttempt
+from swarmcache.http.live import LiveHead, LiveHub, LiveStream
 from swarmcache.http.parser import (
     LAST_CHUNK,
     Data,
@@ -49,7 +52,13 @@ from swarmcache.http.responses import (
 )
 from swarmcache.http.server import ClientConnection
 from swarmcache.http.splice import splice_into
-from swarmcache.http.target import Target, blocked_destination, resolve_target, variant_key
+from swarmcache.http.target import (
+    Target,
+    blocked_destination,
+    key_for_url,
+    resolve_target,
+    variant_key,
+)
 from swarmcache.http.tunnel import relay_both_ways
 from swarmcache.http.upstream import UpstreamConnection, UpstreamError, resolve_ipv4
 from swarmcache.metrics import RESULTS, Metrics
@@ -162,6 +171,13 @@ class _HotObjects:
         self._items.clear()
         self.used = 0
 
+    def drop_urls(self, match: Callable[[bytes], bool]) -> None:
+        for key in [k for k, hot in self._items.items() if match(hot.meta.url)]:
+            self.drop(key)
+
+    def holds(self, url: bytes) -> bool:
+        return any(hot.meta.url == url for hot in self._items.values())
+
 
 # A tracker reply is small; one bigger than this is relayed untouched.
 _MAX_ANNOUNCE_REPLY = 2 << 20
@@ -194,11 +210,22 @@ class CacheHandler:
         self.config = config
         self.access_log = access_log
         self.coalescer = Coalescer()
+        self.live = LiveHub(config.live, metrics, config.http.via_name.encode())
         self.announce_hook: AnnounceHook | None = None
+        # admission(key, length, url): store this fill? (cache/evictor.py; None: always)
+        self.admission: Callable[[bytes, int, bytes], bool] | None = None
         self.status = CacheStatus(config.http.via_name)
         self.via = config.http.via_name.encode()
         self.hot = _HotObjects(64 << 20)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.key_rules = KeyRules(config.cache.key_rules)
+        self.dedup = ContentDedup(
+            store=store, metrics=metrics, config=config.cache, open_upstream=self._open_upstream
+        )
+        # Pin rules (cache.pins), wired by the daemon: a fill of a pinned URL is stored pinned.
+        self.is_pinned: Callable[[bytes], bool] = lambda url: False
+        # Fills under way that will be indexed; purge() takes entries out (see there).
+        self._fills: dict[Fill, tuple[Target, PendingFetch | None]] = {}
         # prometheus-client's labels() costs microseconds; bind the children once.
         self._requests = {r: metrics.requests.labels(r) for r in RESULTS}
         self._served = {r: metrics.served_bytes.labels(r) for r in RESULTS}
@@ -207,7 +234,9 @@ class CacheHandler:
     def handle(self, conn: ClientConnection, request: Request) -> Awaitable[bool] | bool:
         if request.method == b"CONNECT":
             return self._connect(conn, request)
-        target = resolve_target(request, transparent=conn.ctx.transparent, local=conn.local_addr)
+        target = resolve_target(
+            request, transparent=conn.ctx.transparent, local=conn.local_addr, rules=self.key_rules
+        )
         exchange = _Exchange(request, target, sent_before=conn.sent_bytes)
         if (
             self.announce_hook is not None
@@ -235,6 +264,7 @@ class CacheHandler:
 
     async def close(self, grace: float = 5.0) -> None:
         """Let fills under way finish (so their objects are stored), then cancel the rest."""
+        await self.live.close()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
         for task in set(self._tasks):
@@ -526,7 +556,7 @@ class CacheHandler:
 
     # --- misses -----------------------------------------------------------------------
     async def _open_upstream(
-        self, target: Target, source_ip: str | None = None
+        self, target: Target, source_ip: str | None = None, *, high_water: int = 1 << 20
     ) -> UpstreamConnection:
         http = self.config.http
         host = await resolve_ipv4(target.host, target.port)
@@ -541,6 +571,7 @@ class CacheHandler:
             max_head_bytes=http.max_head_bytes,
             max_headers=http.max_headers,
             source_ip=source_ip,
+            high_water=high_water,
         )
 
     def _upstream_fields(
@@ -560,6 +591,11 @@ class CacheHandler:
     ) -> bool:
         request = ex.request
         shareable = request.method == b"GET" and _shareable_request(request)
+        # A live stream under way for this URL: join it (waiters of the coalescer that
+        # started it come here too once it is live).
+        stream = self.live.find(ex.target.key, request) if shareable else None
+        if stream is not None:
+            return await self._serve_live(conn, ex, stream, joined=True)
         pending = self.coalescer.start(ex.target.key) if shareable and stale is None else None
         try:
             return await self._fetch_inner(conn, ex, stale, pending)
@@ -578,7 +614,13 @@ class CacheHandler:
     ) -> bool:
         request = ex.request
         try:
-            upstream = await self._open_upstream(ex.target)
+            # A fill that may end in a fingerprint match reads little ahead of the head (see
+            # ContentDedup.narrow_window).
+            maybe_dedup = request.method == b"GET" and _shareable_request(request)
+            read_ahead = self.dedup.read_ahead if maybe_dedup else 1 << 20
+            upstream = await self._open_upstream(ex.target, high_water=read_ahead)
+            if maybe_dedup:
+                self.dedup.narrow_window(upstream)
         except PermissionError as exc:
             return self._error(conn, ex, 403, str(exc))
         except UpstreamError as exc:
@@ -598,11 +640,25 @@ class CacheHandler:
             await upstream.send_head(request.method, ex.target.path, fields)
             response = await self._final_response(upstream)
             response_time = time.time()
+            attempt = (
+                self.dedup.attempt(request, response, _content_length(response), ex.target, fields)
+                if maybe_dedup
+                else None
+            )
+            if maybe_dedup and attempt is None:
+                self.dedup.widen_window(upstream)
             if stale is not None and response.status == 304:
                 ex.upstream = upstream.received_bytes
                 return await self._revalidated(
                     conn, ex, stale, response, request_time, response_time
                 )
+            if (
+                request.method == b"GET"
+                and _shareable_request(request)
+                and self.live.eligible(ex.target.url, response)
+            ):
+                fill_handed_off = True  # the live stream owns the upstream now
+                return await self._start_live(conn, ex, upstream, response, pending)
             decision = policy.storable(
                 request.method, response.status, request.headers, response.headers
             )
@@ -613,14 +669,30 @@ class CacheHandler:
                 and length > self.config.cache.max_object_bytes
             ):
                 decision = policy.StoreDecision(False, "larger than cache.max_object_bytes")
+            # Only a known length can be judged against the quota; a chunked body is stored.
+            refused = (
+                decision.store
+                and length is not None
+                and self.admission is not None
+                and not self.admission(ex.target.key, length, ex.target.url)
+            )
+            if refused:
+                decision = policy.StoreDecision(False, "not admitted (quota, admission filter)")
             if not decision.store:
+                if attempt is not None:
+                    self.dedup.widen_window(upstream)
                 if pending is not None:
                     pending.publish(None)
                 if stale is not None:
                     self._delete_object(ex.target.key)
-                ex.result = "miss"
+                # "pass", not "miss": no disk size would have made this a hit, and the size
+                # advisor and the dashboards tell cacheable traffic apart by this label. Not
+                # admitted is a "miss": a bigger disk would have kept it.
+                ex.result = "miss" if refused else "pass"
                 return await self._relay(conn, ex, upstream, response, self.status.miss_not_stored)
             head = self._fill_head(request, response, length, request_time, response_time)
+            if attempt is not None:
+                upstream.transport.pause_reading()  # the pump reads the prefix itself
             writer = self.store.begin_blob()
             fill = Fill(head, writer.path)
             fd = fill.open_reader()
@@ -628,9 +700,10 @@ class CacheHandler:
                 pending.publish(fill)
             fill_handed_off = True
             ex.fill_started = True
+            self._fills[fill] = (ex.target, pending)
             ex.upstream_conn = upstream
             self._spawn(
-                self._pump(upstream, writer, fill, ex.target, pending),
+                self._pump(upstream, writer, fill, ex.target, pending, attempt),
                 name=f"fill {ex.target.url[:80]!r}",
             )
             ex.result = "miss"
@@ -642,6 +715,52 @@ class CacheHandler:
                 ex.upstream = upstream.received_bytes
                 self.metrics.upstream_bytes.inc(upstream.received_bytes)
                 upstream.close()
+
+    async def _start_live(
+        self,
+        conn: ClientConnection,
+        ex: _Exchange,
+        upstream: UpstreamConnection,
+        response: Response,
+        pending: PendingFetch | None,
+    ) -> bool:
+        """Make this response a live stream other clients join; never stored."""
+        target, fields = ex.target, self._upstream_fields(ex.request, ex.target, _FILL_DROPPED)
+
+        async def reopen() -> tuple[UpstreamConnection, Response]:
+            again = await self._open_upstream(target)
+            try:
+                await again.send_head(b"GET", target.path, fields)
+                return again, await self._final_response(again)
+            except BaseException:
+                again.close()
+                raise
+
+        head = LiveHead.of(ex.request, response)
+        stream = self.live.start(target.key, head, upstream, reopen)
+        if pending is not None:
+            pending.publish(None)
+        if stream is None:
+            # Another variant of this URL holds the stream: this client gets its own relay.
+            try:
+                return await self._relay(conn, ex, upstream, response, self.status.bypass)
+            finally:
+                self.metrics.upstream_bytes.inc(upstream.received_bytes)
+                upstream.close()
+        return await self._serve_live(conn, ex, stream, joined=False)
+
+    async def _serve_live(
+        self, conn: ClientConnection, ex: _Exchange, stream: LiveStream, *, joined: bool
+    ) -> bool:
+        ex.result = "hit" if joined else "miss"
+        ex.status = stream.head.status
+        try:
+            keep_alive, sent = await self.live.serve(stream, conn, ex.request, joined=joined)
+            if joined:
+                self.metrics.saved_bytes.inc(sent)
+            return keep_alive
+        finally:
+            self._finish(conn, ex)
 
     async def _final_response(self, upstream: UpstreamConnection) -> Response:
         while True:
@@ -685,13 +804,14 @@ class CacheHandler:
         fill: Fill,
         target: Target,
         pending: PendingFetch | None,
+        attempt: DedupAttempt | None = None,
     ) -> None:
         """Copy the upstream body into the blob, then index it: the only writer of a fill."""
         loop = asyncio.get_running_loop()
         try:
             length = fill.head.length
-            if length is not None and length >= _SPLICE_MIN_BYTES:
-                await self._move_spliced(upstream, writer, fill, length)
+            if length is not None and (length >= _SPLICE_MIN_BYTES or attempt is not None):
+                await self._move_spliced(upstream, writer, fill, length, attempt)
             else:
                 while True:
                     event = await upstream.next_event()
@@ -703,6 +823,10 @@ class CacheHandler:
             if fill.head.length is not None and writer.size != fill.head.length:
                 raise UpstreamError("origin body shorter than its Content-Length")
             fill.mark_complete()
+            if fill not in self._fills:
+                writer.abort()  # purged while it was fetched: nothing of it is indexed
+                fill.finish()
+                return
             ref = await loop.run_in_executor(
                 None, lambda: writer.commit(fsync=self.config.cache.fsync)
             )
@@ -717,18 +841,31 @@ class CacheHandler:
                 blob=ref,
                 vary=head.vary,
                 stored_at=time.time(),
+                pinned=self.is_pinned(target.url),
             )
             self.hot.drop(target.key)
             primary = self.store.get(target.key) if head.vary else None
+            keys: list[bytes] = []
             if primary is not None and primary.vary == head.vary:
                 generation = primary.stored_at
             else:
                 self.store.put(target.key, meta)
+                keys.append(target.key)
                 generation = meta.stored_at
             if head.vary:
-                self.store.put(variant_key(target.key, generation, head.vary_key), meta)
+                keys.append(variant_key(target.key, generation, head.vary_key))
+                self.store.put(keys[-1], meta)
             self.store.mark_verified(ref)
+            if attempt is not None:
+                # With the put, no await between: whoever sees the object sees its fingerprint.
+                self.dedup.record(attempt, ref)
+            if fill not in self._fills:
+                # Purged during the commit: take back what was just indexed (no await since).
+                for key in keys:
+                    self.store.delete(key)
             fill.finish()
+            if attempt is not None:
+                await self.dedup.maybe_prune()
         except (UpstreamError, OSError, StoreError) as exc:
             log.warning("fill of %r failed: %s", target.url, exc)
             writer.abort()
@@ -746,13 +883,46 @@ class CacheHandler:
         finally:
             self.metrics.upstream_bytes.inc(upstream.received_bytes)
             upstream.close()
+            self._fills.pop(fill, None)
             if pending is not None:
                 self.coalescer.end(target.key, pending)
 
+    def purge(self, match: Callable[[bytes], bool]) -> int:
+        """Forget in-memory state of the URLs ``match`` selects; returns the fills dropped.
+
+        Called before (and again after) an operator purge deletes the objects from the store,
+        so the next request for a purged URL is a miss: hot copies are dropped, and fills
+        under way are detached from the coalescer (later requests do not join them) and will
+        not be indexed. Their clients still get the whole body: each reads its own
+        descriptor on the file.
+        """
+        self.hot.drop_urls(match)
+        dropped = 0
+        for fill, (target, pending) in list(self._fills.items()):
+            if match(target.url):
+                del self._fills[fill]
+                if pending is not None:
+                    self.coalescer.end(target.key, pending)
+                dropped += 1
+        return dropped
+
+    def fills_of(self, url: bytes) -> list[tuple[Target, Fill]]:
+        """Fills under way for ``url`` (for ``inspect``)."""
+        return [(t, f) for f, (t, _) in self._fills.items() if t.url == url]
+
     async def _move_spliced(
-        self, upstream: UpstreamConnection, writer: BlobWriter, fill: Fill, length: int
+        self,
+        upstream: UpstreamConnection,
+        writer: BlobWriter,
+        fill: Fill,
+        length: int,
+        attempt: DedupAttempt | None = None,
     ) -> None:
-        """Large bodies of known length: socket → pipe → blob file, all in the kernel."""
+        """Large bodies of known length: socket → pipe → blob file, all in the kernel.
+
+        With a fingerprint ``attempt``, the prefix is moved first and looked up while the
+        origin is not read; a confirmed match cuts the origin and copies the rest from disk.
+        """
         buffered, sock_fd = upstream.detach_body()
         try:
             if buffered:
@@ -764,15 +934,34 @@ class CacheHandler:
                 upstream.received_bytes += n
                 fill.grow(writer.size)
 
-            await splice_into(
-                sock_fd,
-                writer.fileno(),
-                length - writer.size,
-                on_progress=landed,
-                idle_timeout=self.config.http.upstream_idle_timeout,
-            )
+            async def move_until(end: int) -> None:
+                await splice_into(
+                    sock_fd,
+                    writer.fileno(),
+                    max(0, end - writer.size),
+                    on_progress=landed,
+                    idle_timeout=self.config.http.upstream_idle_timeout,
+                )
+
+            if attempt is not None:
+                prefix_end = min(self.dedup.prefix_bytes, length)
+                await move_until(prefix_end)
+                confirmed = await self.dedup.look_up(attempt, _read_prefix(writer, prefix_end))
+                if confirmed is not None:
+                    try:
+                        # Cut the origin first: from here on nothing more comes from it.
+                        os.close(sock_fd)
+                        sock_fd = -1
+                        upstream.abort()
+                        await self.dedup.copy_rest(confirmed, writer, fill.grow)
+                    finally:
+                        os.close(confirmed.fd)
+                    return
+                self.dedup.widen_window(upstream)
+            await move_until(length)
         finally:
-            os.close(sock_fd)
+            if sock_fd >= 0:
+                os.close(sock_fd)
 
     async def _stream_fill(
         self,
@@ -969,7 +1158,7 @@ class CacheHandler:
                 for url in policy.invalidation_targets(
                     request.method, response.status, response.headers, ex.target.url
                 ):
-                    self._delete_object(_key_for(ex.target, url))
+                    self._delete_object(key_for_url(ex.target, url, self.key_rules))
             if rewrite is not None and response.status == 200 and request.method == b"GET":
                 return await self._relay_rewritten(conn, ex, upstream, response, rewrite)
             return await self._relay(conn, ex, upstream, response, self.status.bypass)
@@ -1197,9 +1386,12 @@ def blocked_destination_name(host: str) -> bool:
     return _is_address(host) and blocked_destination(host) is not None
 
 
-def _key_for(target: Target, url: bytes) -> bytes:
-    suffix = target.key[len(target.url) :]
-    return url + suffix
+def _read_prefix(writer: BlobWriter, size: int) -> bytes:
+    fd = os.open(writer.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
 
 
 def _reason(status: int) -> bytes:

@@ -4,7 +4,10 @@ Why it is built this way (brief §3a, Squid CVE-2009-0801): in transparent mode 
 is whatever the subscriber's page wrote, so the key includes the address the client actually
 connected to. ``GET /x`` sent to an attacker's IP with ``Host: victim.example`` is then stored
 under the attacker's address and can never be served to someone who connects to the real
-victim. The explicit proxy resolves the host itself, so its key is the URL alone.
+victim. The explicit proxy resolves the host itself, so its key is the URL alone. Per-site
+key rules (:mod:`cache.keyrules`) may drop query parameters from the key or replace the host
+by a service name; a service key has no address in it, so for those the box connects to the
+Host it resolves itself, in transparent mode too.
 """
 
 from __future__ import annotations
@@ -12,9 +15,17 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from cache.keyrules import KeyRules, rule_key
 from swarmcache.http.parser import RemoteProtocolError, Request
 
-__all__ = ["Target", "blocked_destination", "resolve_target", "split_authority", "variant_key"]
+__all__ = [
+    "Target",
+    "blocked_destination",
+    "key_for_url",
+    "resolve_target",
+    "split_authority",
+    "variant_key",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +36,9 @@ class Target:
     port: int
     path: bytes  # origin-form request target sent upstream
     host_header: bytes
+    # What follows the URL part of keys on this connection (`` @dst-ip:port`` in transparent
+    # mode), so that other URLs of the same origin (invalidations) get comparable keys.
+    suffix: bytes = b""
 
 
 def split_authority(authority: bytes, default_port: int) -> tuple[str, int]:
@@ -54,8 +68,17 @@ def _authority(host: str, port: int) -> bytes:
     return (shown if port == 80 else f"{shown}:{port}").encode()
 
 
-def resolve_target(request: Request, *, transparent: bool, local: tuple[str, int]) -> Target:
-    """Work out the origin and key of ``request``; RemoteProtocolError(400) if impossible."""
+def resolve_target(
+    request: Request,
+    *,
+    transparent: bool,
+    local: tuple[str, int],
+    rules: KeyRules | None = None,
+) -> Target:
+    """Work out the origin and key of ``request``; RemoteProtocolError(400) if impossible.
+
+    ``rules``: the per-site key rules (:mod:`cache.keyrules`); they change the key only.
+    """
     raw = request.target
     if raw.startswith(b"/"):
         path = raw
@@ -83,11 +106,35 @@ def resolve_target(request: Request, *, transparent: bool, local: tuple[str, int
         path = path[: path.find(b"#")]
     authority = _authority(host, port)
     url = b"http://" + authority + path
-    if transparent:
-        dst_ip, dst_port = local
-        key = url + b" @" + f"{dst_ip}:{dst_port}".encode()
-        return Target(url, key, dst_ip, dst_port, path, request.get(b"host") or authority)
-    return Target(url, url, host, port, path, authority)
+    rule = rules.match(host) if rules else None
+    base = url if rule is None else rule_key(rule, authority, path)
+    if not transparent:
+        return Target(url, base, host, port, path, authority)
+    host_header = request.get(b"host") or authority
+    if rule is not None and rule.service:
+        # A service key is shared by every host of the service, so the address the client
+        # chose must not decide what gets stored under it (a forged Host would poison the
+        # whole service): the box resolves the Host itself, as the explicit proxy does.
+        return Target(url, base, host, port, path, host_header)
+    dst_ip, dst_port = local
+    suffix = b" @" + f"{dst_ip}:{dst_port}".encode()
+    return Target(url, base + suffix, dst_ip, dst_port, path, host_header, suffix)
+
+
+def key_for_url(target: Target, url: bytes, rules: KeyRules | None = None) -> bytes:
+    """The primary key of ``url`` (canonical ``http://authority/path``, same origin as
+    ``target``) as a request on ``target``'s connection would get it."""
+    rest = url[7:] if url[:7].lower() == b"http://" else b""
+    slash = rest.find(b"/")
+    authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+    try:
+        host, _ = split_authority(authority, 80)
+    except RemoteProtocolError:
+        return url + target.suffix
+    rule = rules.match(host) if rules and rest else None
+    if rule is None:
+        return url + target.suffix
+    return rule_key(rule, authority, path) + (b"" if rule.service else target.suffix)
 
 
 def variant_key(primary: bytes, generation: float, vary_key: bytes) -> bytes:

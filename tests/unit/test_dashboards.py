@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cache.evictor import EvictionFigures
 from swarmcache.metrics import Metrics
 
 GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
@@ -22,6 +23,7 @@ _METRIC = re.compile(r"\bswarmcache_[a-z0-9_]+")
 def _exported_names() -> set[str]:
     metrics = Metrics()
     metrics.watch_store(lambda: (0, 0))
+    metrics.watch_eviction(lambda: EvictionFigures(0, 0, 0, 0, {}, {}, 0))
     # Readers with one of everything, so labelled families have samples to show.
     metrics.watch_swarm(lambda: {}, lambda: [("00" * 20, "t", 0.5)])
     metrics.watch_sensing(
