@@ -44,16 +44,20 @@ __all__ = [
 
 _TABLE: Final = b"fingerprints"
 _U64 = struct.Struct("<Q")
+# The body length leads the key (big-endian, so keys sort by length): "is any stored body this
+# long" is one cursor seek, asked at the response head before a prefix exists.
+_LENGTH_KEY = struct.Struct(">Q")
 _ENTRY = struct.Struct("<32sQ")  # blob digest, blob size
 # Versioned so that a change of definition can never match an old entry.
-_DOMAIN: Final = b"swarmcache-fingerprint-1\x00"
+_DOMAIN: Final = b"swarmcache-fingerprint-2\x00"
 _CONTENT_RANGE = re.compile(rb"bytes (\d{1,19})-(\d{1,19})/(\d{1,19})")
 
 Header = tuple[bytes, bytes]
 
 
 def fingerprint(prefix: bytes | memoryview, length: int) -> bytes:
-    """The 32-byte fingerprint of a body of ``length`` bytes that starts with ``prefix``.
+    """The 40-byte fingerprint of a body of ``length`` bytes that starts with ``prefix``:
+    the length, then a SHA-256 over the length, the prefix span and the prefix.
 
     The prefix length is part of it, so a changed ``fingerprint_prefix_bytes`` never compares
     fingerprints taken over different spans.
@@ -64,7 +68,7 @@ def fingerprint(prefix: bytes | memoryview, length: int) -> bytes:
     h.update(_U64.pack(length))
     h.update(_U64.pack(len(prefix)))
     h.update(prefix)
-    return h.digest()
+    return _LENGTH_KEY.pack(length) + h.digest()
 
 
 def sample_ranges(
@@ -179,6 +183,14 @@ class FingerprintIndex:
         with self._store.transaction(write=True) as txn:
             # An identical (fingerprint, blob) pair is stored once: LMDB keeps dups unique.
             txn.put(fp, _encode(ref), db=self._table, dupdata=True)
+
+    def has_length(self, length: int) -> bool:
+        """Whether any body of exactly ``length`` bytes has a fingerprint here (a hint: the
+        blob may be gone since). One read transaction; fine on the event loop."""
+        key = _LENGTH_KEY.pack(length)
+        with self._store.transaction() as txn:
+            cursor = txn.cursor(db=self._table)
+            return bool(cursor.set_range(key)) and bytes(cursor.key()[:8]) == key
 
     def candidates(self, fp: bytes, length: int) -> list[BlobRef]:
         """Blobs still in the store whose body has this fingerprint and ``length`` bytes."""

@@ -18,7 +18,7 @@ from aiohttp import web
 from cache.eviction import Quota
 from cache.evictor import Evictor, disk_quota
 from cache.pins import PinRules
-from cache.store import Store
+from cache.store import Store, StoreError
 from cache.torrents import TorrentStore
 from swarm.downloader import DownloadLimits
 from swarm.errors import SwarmError
@@ -99,6 +99,7 @@ class Daemon:
         self._synqueue: Any = None
         self._watchdog: Any = None
         self._heartbeat: asyncio.TimerHandle | None = None
+        self._touch_flusher: asyncio.Task[None] | None = None
         self.proxy_address: tuple[str, int] | None = None
         self.transparent_port: int | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -210,8 +211,22 @@ class Daemon:
         download = self.swarm.downloads.get(info_hash) if self.swarm is not None else None
         return download is not None and not download.done.is_set()
 
+    async def _flush_touches_forever(self, interval: float = 30.0) -> None:
+        """Write buffered hit counts back to the index, so a crash loses at most ``interval``
+        seconds of them (they inform eviction, inspect and top)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await loop.run_in_executor(None, self.store.flush_touches)
+            except StoreError as exc:
+                log.warning("could not write hit counts back: %s", exc)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._touch_flusher = loop.create_task(
+            self._flush_touches_forever(), name="flush hit counts"
+        )
         self.evictor.attach(
             loop, in_flight=self.swarm.seeder.in_flight if self.swarm is not None else None
         )
@@ -443,6 +458,8 @@ class Daemon:
         return web.json_response({"info_hash": info_hash.hex(), "purged": True})
 
     async def stop(self) -> None:
+        if self._touch_flusher is not None:
+            self._touch_flusher.cancel()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if self._watchdog is not None:

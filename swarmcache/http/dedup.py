@@ -87,6 +87,9 @@ class DedupAttempt:
     fingerprint: bytes | None = None
     candidates: list[BlobRef] = field(default_factory=list)
     confirmed: BlobRef | None = None
+    # Set for a body the admission filter refused: it is fetched through a fill only so that a
+    # stored copy can be found and confirmed; unmatched, it is served and then dropped.
+    dedup_only: bool = False
 
 
 @dataclass(slots=True)
@@ -175,6 +178,18 @@ class ContentDedup:
             length=length,
             validator=strong_validator(response.headers),
         )
+
+    def may_match(self, length: int) -> bool:
+        """Whether a body of ``length`` bytes could be confirmed against a stored one: the
+        index knows that length and matches are confirmed by samples (in "full" mode a match
+        is only known once the whole body is in, too late to spare new disk)."""
+        if self.index is None or self._config.fingerprint != "sample":
+            return False
+        try:
+            return self.index.has_length(length)
+        except StoreError as exc:
+            log.warning("fingerprint lookup failed: %s", exc)
+            return False
 
     async def look_up(self, attempt: DedupAttempt, prefix: bytes) -> Confirmed | None:
         """Fingerprint ``prefix``; return a blob confirmed to hold this very body, or None."""

@@ -670,12 +670,28 @@ class CacheHandler:
             ):
                 decision = policy.StoreDecision(False, "larger than cache.max_object_bytes")
             # Only a known length can be judged against the quota; a chunked body is stored.
+            # A body that may be matched by fingerprint is counted under its length, not its
+            # URL: the same download behind a fresh token per user is one popular object to
+            # the admission filter, not a stream of one-offs that never gets in.
+            popularity_key = (
+                b"\0length:%d" % length if attempt is not None and length is not None else None
+            )
             refused = (
                 decision.store
                 and length is not None
                 and self.admission is not None
-                and not self.admission(ex.target.key, length, ex.target.url)
+                and not self.admission(popularity_key or ex.target.key, length, ex.target.url)
             )
+            if (
+                refused
+                and attempt is not None
+                and length is not None
+                and self.dedup.may_match(length)
+            ):
+                # Not worth new disk, but a stored body of this very length may be this one:
+                # look (a confirmed match costs no new bytes), and drop it if it is not.
+                attempt.dedup_only = True
+                refused = False
             if refused:
                 decision = policy.StoreDecision(False, "not admitted (quota, admission filter)")
             if not decision.store:
@@ -823,8 +839,11 @@ class CacheHandler:
             if fill.head.length is not None and writer.size != fill.head.length:
                 raise UpstreamError("origin body shorter than its Content-Length")
             fill.mark_complete()
-            if fill not in self._fills:
-                writer.abort()  # purged while it was fetched: nothing of it is indexed
+            unmatched = attempt is not None and attempt.dedup_only and attempt.confirmed is None
+            if fill not in self._fills or unmatched:
+                # Purged while it was fetched, or refused by admission and matching nothing
+                # stored: nothing of it is indexed.
+                writer.abort()
                 fill.finish()
                 return
             ref = await loop.run_in_executor(

@@ -6,9 +6,11 @@ import functools
 import shutil
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from .gateway import Gateway
 from .testbed import Testbed, netns_unavailable
 
 _TOOLS = ("ip", "iptables", "iptables-restore", "iptables-save", "curl")
@@ -37,3 +39,16 @@ def testbed() -> Iterator[Testbed]:
         yield bed
     finally:
         bed.down()
+
+
+@pytest.fixture
+def gateway(testbed: Testbed, tmp_path: Path) -> Iterator[Gateway]:
+    """The plain gateway: an origin in the internet namespace and the daemon with defaults.
+    Tests that need another configuration define their own ``gateway``."""
+    gw = Gateway(testbed, tmp_path)
+    gw.start_origin()
+    gw.start_daemon()
+    try:
+        yield gw
+    finally:
+        gw.stop_daemon()

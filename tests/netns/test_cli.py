@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 
 from swarm.bencode import bencode
 from tests.netns.gateway import ORIGIN, Fetch, Gateway, random_bytes
-from tests.netns.testbed import REPO, Testbed
+from tests.netns.testbed import REPO
 
 pytestmark = pytest.mark.netns
 
@@ -61,17 +60,6 @@ class Operator:
 
     def json(self, *argv: str) -> Any:
         return self(*argv, "--json").json()
-
-
-@pytest.fixture
-def gateway(testbed: Testbed, tmp_path: Path) -> Iterator[Gateway]:
-    gw = Gateway(testbed, tmp_path)
-    gw.start_origin()
-    gw.start_daemon()
-    try:
-        yield gw
-    finally:
-        gw.stop_daemon()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.gateway import Gateway, random_bytes
+from tests.netns.gateway import ORIGIN, Gateway, random_bytes
 from tests.netns.testbed import Testbed
 
 pytestmark = pytest.mark.netns
@@ -86,3 +86,50 @@ def test_a_small_quota_holds_while_many_objects_are_served(gateway: Gateway) -> 
     assert metrics["swarmcache_store_bytes"] <= QUOTA
     for name in first + second:
         assert last[name] == "HIT", f"popular {name} was not kept"
+
+
+@pytest.fixture
+def tight_gateway(testbed: Testbed, tmp_path: Path) -> Iterator[Gateway]:
+    gw = Gateway(testbed, tmp_path)
+    gw.start_origin()
+    config = tmp_path / "quota.toml"
+    config.write_text(
+        f"[cache]\nquota_bytes = {QUOTA}\nhigh_watermark = 0.9\nlow_watermark = 0.75\n"
+    )
+    gw.start_daemon("--config", str(config))
+    try:
+        yield gw
+    finally:
+        gw.stop_daemon()
+
+
+def test_a_download_behind_fresh_tokens_earns_its_place_on_a_full_disk(
+    tight_gateway: Gateway,
+) -> None:
+    """Tokenised URLs of one download are one object to admission, and a refused fetch still
+    finds the stored copy.
+
+    The disk is full of objects fetched three times each; then one 1.2 MiB file is fetched
+    under a new token every time. Counted per URL, every token is a one-off, refused forever,
+    and every fetch crosses the uplink in full. Counted under its length it wins its place
+    after a few requests; and once one copy is stored, a token the quota refuses is still
+    matched by fingerprint and served from that copy (no new disk, little uplink).
+    """
+    gw = tight_gateway
+    popular = {f"p{i}.bin": random_bytes(300_000 + i) for i in range(7)}
+    for name, body in popular.items():
+        url = gw.put(name, body, {"Cache-Control": "max-age=600"})
+        for _ in range(3):
+            assert gw.curl(url).body == body
+    big = random_bytes(1_200 * 1024)
+    gw.put("dl.bin", big, {"Cache-Control": "max-age=600"})
+    before = gw.metrics()["swarmcache_http_upstream_bytes_total"]
+    tokens = 14
+    for token in range(tokens):
+        got = gw.curl(f"http://{ORIGIN}/dl.bin?token={token}")
+        assert got.status == 200 and got.body == big, f"token {token}"
+    uplink = gw.metrics()["swarmcache_http_upstream_bytes_total"] - before
+    confirmed = gw.metrics().get("swarmcache_fingerprint_confirmed_total", 0)
+    assert confirmed >= 2, f"{confirmed} fingerprint matches; uplink {uplink} bytes"
+    assert uplink < (tokens - 2) * len(big), f"{uplink} bytes upstream for {tokens} fetches"
+    assert blob_disk_bytes(gw.cache_dir) <= QUOTA

@@ -11,26 +11,13 @@ import concurrent.futures
 import hashlib
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.netns.gateway import GW_NET, GW_SUB, ORIGIN, Gateway, random_bytes
-from tests.netns.testbed import Testbed
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture
-def gateway(testbed: Testbed, tmp_path: Path) -> Iterator[Gateway]:
-    gw = Gateway(testbed, tmp_path)
-    gw.start_origin()
-    gw.start_daemon()
-    try:
-        yield gw
-    finally:
-        gw.stop_daemon()
 
 
 def test_second_fetch_is_a_hit_and_the_uplink_carries_nothing(gateway: Gateway) -> None:

@@ -30,7 +30,7 @@ from swarmcache.http.dedup import _copy_range
 def test_fingerprint_depends_on_prefix_length_and_total_length() -> None:
     prefix = os.urandom(1000)
     base = fingerprint(prefix, 5000)
-    assert len(base) == 32
+    assert len(base) == 40 and base[:8] == (5000).to_bytes(8, "big")
     assert fingerprint(prefix, 5000) == base
     assert fingerprint(prefix, 5001) != base  # same start, other length: other file
     assert fingerprint(prefix[:999], 5000) != base  # other prefix span never compares
