@@ -298,7 +298,21 @@ def _print_stats(s: dict[str, Any]) -> None:
             f"quota         {human_bytes(quota.get('used_bytes', 0))} of "
             f"{human_bytes(quota.get('quota_bytes', 0))} ({_pct(quota.get('used_ratio'))})"
         )
-        extra = {k: v for k, v in quota.items() if k not in ("used_bytes", "quota_bytes")}
+        evicted_objects = quota.get("evicted_objects") or {}
+        evicted_bytes = quota.get("evicted_bytes") or {}
+        if "eviction_runs" in quota:
+            kinds = ", ".join(
+                f"{kind} {evicted_objects.get(kind, 0)} ({human_bytes(evicted_bytes.get(kind, 0))})"
+                for kind in sorted(set(evicted_objects) | set(evicted_bytes))
+            )
+            print(
+                f"eviction      {quota['eviction_runs']} runs; evicted {kinds or 'nothing'}; "
+                f"{quota.get('not_admitted', 0)} fills not admitted"
+            )
+        shown = {"used_bytes", "quota_bytes", "used_ratio", "eviction_runs", "not_admitted"}
+        extra = {
+            k: v for k, v in quota.items() if k not in shown | {"evicted_objects", "evicted_bytes"}
+        }
         if extra:
             print(f"              {json.dumps(extra)}")
     if s.get("pins"):
