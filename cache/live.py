@@ -17,6 +17,11 @@ Why it is built this way (brief §5, "live HTTP fan-out"):
 - **Joining is aligned.** A new reader starts at the live edge, or ``back_buffer`` bytes before
   it (players fill their buffer faster, as Icecast's burst-on-connect does), rounded down to a
   multiple of ``align`` (188 keeps an MPEG-TS stream on packet boundaries).
+- **The ring holds whole units only.** The writer's bytes are committed ``align`` bytes at a
+  time; the end of an unfinished unit waits (at most ``align - 1`` bytes). So the live edge is
+  always a unit boundary, and when the upstream breaks mid-unit and the stream carries on from
+  a new connection (a *seam*), the broken unit is dropped (:meth:`Ring.drop_partial`) instead
+  of leaving every later reader out of step.
 
 Nothing here knows about sockets, HTTP or time; :mod:`swarmcache.http.live` moves the bytes.
 The matching rules (which responses become live streams) are here too, as pure functions.
@@ -39,6 +44,7 @@ __all__ = [
     "LiveRules",
     "Read",
     "Ring",
+    "continues_stream",
     "shareable_response",
 ]
 
@@ -95,6 +101,7 @@ class Ring:
         self.closed = False
         self._blocks: collections.deque[bytearray] = collections.deque()
         self._first = 0  # absolute index of _blocks[0]
+        self._partial = bytearray()  # the start of an unfinished align unit, not yet readable
 
     @property
     def capacity(self) -> int:
@@ -109,11 +116,39 @@ class Ring:
     def tail(self) -> int:
         return self._first * self.block_bytes
 
+    @property
+    def pending(self) -> int:
+        """Bytes written but held back until their align unit is complete."""
+        return len(self._partial)
+
     # --- the writer -----------------------------------------------------------------------
     def append(self, data: bytes | bytearray | memoryview) -> None:
         if self.closed:
             raise ValueError("append to a closed ring")
         view = memoryview(data).cast("B")
+        align, partial = self.align, self._partial
+        if align > 1:
+            if partial:
+                take = min(align - len(partial), view.nbytes)
+                partial += view[:take]
+                view = view[take:]
+                if len(partial) < align:
+                    return
+                with memoryview(partial) as unit:
+                    self._commit(unit)
+                partial.clear()
+            whole = view.nbytes - view.nbytes % align
+            partial += view[whole:]
+            view = view[:whole]
+        self._commit(view)
+
+    def drop_partial(self) -> int:
+        """A seam: the unfinished unit will never be finished. Returns the bytes dropped."""
+        dropped = len(self._partial)
+        self._partial.clear()
+        return dropped
+
+    def _commit(self, view: memoryview) -> None:
         size = self.block_bytes
         pos, total = 0, view.nbytes
         while pos < total:
@@ -131,7 +166,11 @@ class Ring:
             pos += take
 
     def close(self) -> None:
-        """The stream ended: readers get what is left, then the end."""
+        """The stream ended: readers get what is left (an unfinished unit too), then the end."""
+        if self._partial:
+            with memoryview(self._partial) as unit:
+                self._commit(unit)
+            self._partial.clear()
         self.closed = True
 
     # --- readers --------------------------------------------------------------------------
@@ -234,3 +273,27 @@ def shareable_response(headers: policy.Headers) -> bool:
     if b"set-cookie" in names or b"set-cookie2" in names:
         return False
     return policy.vary_names(headers) is not None
+
+
+def continues_stream(
+    first_status: int, first: policy.Headers, status: int, headers: policy.Headers
+) -> bool:
+    """May a reconnect's response (``status``, ``headers``) carry on the stream whose first
+    response was ``first_status``/``first``? Its bytes go to the same clients in the same
+    response, so it must be the same kind of stream: same status and media type, still without
+    a length, still shareable. Never a stream with in-band ICY metadata: its metadata blocks
+    come every ``icy-metaint`` bytes counted from the start of a response, so the seam would
+    put every client's parser out of step.
+    """
+    return (
+        status == first_status
+        and policy.header_values(headers, b"content-length") == []
+        and shareable_response(headers)
+        and _media(first) == _media(headers)
+        and not policy.header_values(first, b"icy-metaint")
+        and not policy.header_values(headers, b"icy-metaint")
+    )
+
+
+def _media(headers: policy.Headers) -> bytes:
+    return b",".join(v.strip().lower() for v in policy.header_values(headers, b"content-type"))

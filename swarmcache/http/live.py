@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cache import policy
-from cache.live import Cursor, LagPolicy, LiveRules, Ring, shareable_response
+from cache.live import Cursor, LagPolicy, LiveRules, Ring, continues_stream, shareable_response
 from swarmcache.config import LiveConfig
 from swarmcache.http.parser import (
     LAST_CHUNK,
@@ -199,7 +199,7 @@ class LiveStream:
         )
 
     async def _read(self, upstream: UpstreamConnection) -> None:
-        config = self.hub.config
+        config, ring = self.hub.config, self.ring
         try:
             while True:
                 try:
@@ -213,6 +213,8 @@ class LiveStream:
                 if config.upstream_end != "reconnect" or not self.clients:
                     log.info("live stream %r ended: %s", self.key, why)
                     return
+                # The seam: clients get the new connection's bytes from its first whole unit.
+                ring.drop_partial()
                 log.warning("live stream %r: %s; reconnecting", self.key, why)
                 await asyncio.sleep(config.reconnect_delay)
                 try:
@@ -229,16 +231,22 @@ class LiveStream:
 
     async def _copy(self, upstream: UpstreamConnection) -> None:
         counter = self.hub.metrics.live_upstream_bytes
-        while True:
-            event = await upstream.next_event()
-            if isinstance(event, Data):
-                data = event.data
-                if data:
-                    self.ring.append(data)
-                    counter.inc(len(data))
-                    self._push()
-            elif isinstance(event, EndOfMessage):
-                return
+        try:
+            while True:
+                event = await upstream.next_event()
+                if isinstance(event, Data):
+                    data = event.data
+                    if data:
+                        self.ring.append(data)
+                        counter.inc(len(data))
+                        self._push()
+                elif isinstance(event, EndOfMessage):
+                    return
+        except BaseException:
+            # Broken off (origin failed, or the stream is stopped): an unfinished unit is
+            # never delivered, so what clients got ends, or goes on, on a unit boundary.
+            self.ring.drop_partial()
+            raise
 
     def _end(self) -> None:
         self.ended = True
@@ -290,11 +298,7 @@ class LiveHub:
 
     def continues(self, head: LiveHead, response: Response) -> bool:
         """May a reconnect's response carry on the stream ``head`` began?"""
-        return (
-            response.status == head.status
-            and response.get(b"content-length") is None
-            and shareable_response(response.headers)
-        )
+        return continues_stream(head.status, head.headers, response.status, response.headers)
 
     def find(self, key: bytes, request: Request) -> LiveStream | None:
         stream = self.streams.get(key)

@@ -46,6 +46,7 @@ class Client:
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.jumps = 0
+        self.jumped: list[tuple[int, int]] = []  # (seq before, seq after) of the first jumps
         self.errors: list[str] = []
         self.ended = False  # the response ended (last chunk / close) before we left
         self.why = "deadline"  # why the client stopped reading
@@ -90,6 +91,8 @@ class Client:
                 self.errors.append(f"record {seq} after {self.last_seq}: not contiguous")
             elif seq != self.last_seq + 1:
                 self.jumps += 1
+                if len(self.jumped) < 20:
+                    self.jumped.append((self.last_seq, seq))
         if self.first_seq is None:
             self.first_seq = seq
         self.last_seq = seq
@@ -107,6 +110,7 @@ class Client:
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "jumps": self.jumps,
+            "jumped": self.jumped,
             "errors": self.errors,
             "ended": self.ended,
             "why": self.why,

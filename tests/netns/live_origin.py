@@ -7,10 +7,19 @@ receiver can check that what it got is a contiguous slice of what was sent (cons
 ``seq``, intact filler) and how late each record arrived (the send time).
 
 Every connection is logged to ``--log`` as JSON lines (``open``/``close`` with the records
-sent), which is how a test counts upstream connections.
+sent and the first and last ``seq``), which is how a test counts upstream connections.
+
+By default each connection numbers its records from 0. With ``--seq-from-clock`` a record's
+``seq`` is its place on the origin's clock (tick * records-per-tick + i), as for a real live
+source: a client reconnecting sees the numbers go on, with a jump for what it missed. After
+``--max-records`` a connection ends (``--end clean``: last chunk), breaks (``break``: half a
+record, then the connection closes mid-chunk) or alternates (``alternate``: odd connections
+break, even ones end).
+``--stall-after N`` sends nothing after N records but keeps the connection open.
 
 Usage: live_origin.py --bind ADDR [--port N ...] --log FILE [--record-bytes 1024]
        [--records-per-tick 4] [--tick 0.0625] [--content-type audio/mpeg]
+       [--seq-from-clock] [--max-records N [--end clean|break|alternate]] [--stall-after N]
 """
 
 from __future__ import annotations
@@ -54,6 +63,8 @@ class Origin:
         port = writer.get_extra_info("sockname")[1]
         self.event(event="open", conn=number, peer=f"{peer[0]}:{peer[1]}", port=port)
         sent = 0
+        first: int | None = None
+        seq = 0
         why = "client closed"
         try:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -69,10 +80,16 @@ class Origin:
             # once, for everybody), and a record is stamped with its tick's time.
             tick = math.ceil((time.monotonic() - self.epoch_mono) / args.tick)
             while args.max_records == 0 or sent < args.max_records:
+                if args.stall_after and sent >= args.stall_after:
+                    await reader.read()  # quiet, until the peer goes away
+                    why = "stalled, then client closed"
+                    return
                 await asyncio.sleep(max(0.0, self.epoch_mono + tick * args.tick - time.monotonic()))
                 stamp = self.epoch_wall + tick * args.tick
+                seq = tick * args.records_per_tick if args.seq_from_clock else sent
+                first = seq if first is None else first
                 body = b"".join(
-                    record(sent + i, args.record_bytes, stamp) for i in range(args.records_per_tick)
+                    record(seq + i, args.record_bytes, stamp) for i in range(args.records_per_tick)
                 )
                 if args.close_delimited:
                     writer.write(body)
@@ -80,7 +97,18 @@ class Origin:
                     writer.write(b"%x\r\n%s\r\n" % (len(body), body))
                 await writer.drain()
                 sent += args.records_per_tick
+                seq += args.records_per_tick
                 tick += 1
+            if args.end == "break" or (args.end == "alternate" and number % 2):
+                # Half of the next record (announced whole in its chunk), then the end of the
+                # connection (a FIN, so nothing sent before it can be lost to a reset).
+                half = record(seq, args.record_bytes, time.time())[: args.record_bytes // 2]
+                if not args.close_delimited:
+                    writer.write(b"%x\r\n" % args.record_bytes)
+                writer.write(half)
+                await writer.drain()
+                why = "broke off mid-record"
+                return
             if not args.close_delimited:
                 writer.write(b"0\r\n\r\n")
             await writer.drain()
@@ -88,7 +116,10 @@ class Origin:
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             why = f"client closed ({type(exc).__name__})"
         finally:
-            self.event(event="close", conn=number, records=sent, why=why)
+            last = None if first is None else seq - 1
+            self.event(
+                event="close", conn=number, records=sent, first_seq=first, last_seq=last, why=why
+            )
             writer.close()
 
 
@@ -103,6 +134,9 @@ async def main() -> None:
     parser.add_argument("--content-type", default="audio/mpeg")
     parser.add_argument("--close-delimited", action="store_true")
     parser.add_argument("--max-records", type=int, default=0, help="end after N (0: never)")
+    parser.add_argument("--end", choices=("clean", "break", "alternate"), default="clean")
+    parser.add_argument("--seq-from-clock", action="store_true")
+    parser.add_argument("--stall-after", type=int, default=0, help="go quiet after N records")
     args = parser.parse_args()
     with open(args.log, "a") as log:
         origin = Origin(args, log)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache.live import Cursor, LagPolicy, LiveRules, Ring, shareable_response
+from cache.live import Cursor, LagPolicy, LiveRules, Ring, continues_stream, shareable_response
 from swarmcache.config import Config, ConfigError
 
 _ops = st.lists(
@@ -17,6 +17,7 @@ _ops = st.lists(
         st.tuples(st.just("write"), st.integers(0, 700)),
         st.tuples(st.just("join"), st.integers(0, 4), st.integers(0, 900)),
         st.tuples(st.just("read"), st.integers(0, 4), st.integers(1, 600)),
+        st.tuples(st.just("seam")),
     ),
     max_size=80,
 )
@@ -49,6 +50,11 @@ def test_readers_get_contiguous_slices_of_the_stream_in_bounded_memory(
             data = rnd.randbytes(int(op[1]))  # type: ignore[call-overload]
             ring.append(data)
             written += data
+        elif op[0] == "seam":
+            # The upstream broke: its unfinished unit is dropped, never shown to a reader.
+            dropped = ring.drop_partial()
+            assert dropped < align
+            del written[len(written) - dropped :]
         elif op[0] == "join":
             cursor = ring.join(int(op[2]))  # type: ignore[call-overload]
             assert ring.tail <= cursor.offset <= ring.head
@@ -79,7 +85,9 @@ def test_readers_get_contiguous_slices_of_the_stream_in_bounded_memory(
             assert cursor.offset == expected
             readers[reader] = (cursor, expected, False)
         assert ring.held_bytes <= ring.capacity == block * blocks
-        assert ring.head == len(written)
+        # Only whole units are readable; the rest of an unfinished one waits.
+        assert ring.head == len(written) - ring.pending
+        assert ring.head % align == 0 and ring.pending < align
         assert ring.head - ring.tail <= ring.capacity
 
 
@@ -133,6 +141,23 @@ def test_views_stay_valid_after_the_ring_moves_on() -> None:
     assert ring.held_bytes == 4
 
 
+def test_a_seam_drops_the_broken_unit_so_readers_stay_aligned() -> None:
+    ring = Ring(block_bytes=8, blocks=4, align=4)
+    cursor = ring.join()
+    ring.append(b"AAAAB")  # one whole unit and the start of the next
+    ring.append(b"B")
+    assert b"".join(ring.read(cursor, 100).views) == b"AAAA" and ring.pending == 2
+    assert ring.drop_partial() == 2  # the upstream broke mid-unit
+    ring.append(b"CC")  # the new connection's first unit, in two reads
+    ring.append(b"CCD")
+    late = ring.join()
+    assert late.offset == 8
+    assert b"".join(ring.read(cursor, 100).views) == b"CCCC"
+    ring.close()  # a clean end: the last, unfinished unit is delivered too
+    assert b"".join(ring.read(cursor, 100).views) == b"D"
+    assert b"".join(ring.read(late, 100).views) == b"D"
+
+
 def test_a_closed_ring_refuses_writes() -> None:
     ring = Ring(block_bytes=4, blocks=1)
     ring.close()
@@ -175,6 +200,31 @@ def test_a_bad_pattern_is_named() -> None:
 )
 def test_private_streams_are_not_shared(headers: list[tuple[bytes, bytes]], shared: bool) -> None:
     assert shareable_response(headers) is shared
+
+
+_MP3 = [(b"content-type", b"audio/mpeg")]
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "carries_on"),
+    [
+        (200, [(b"content-type", b"Audio/MPEG ")], True),
+        (503, _MP3, False),
+        (200, [(b"content-type", b"text/html")], False),
+        (200, [*_MP3, (b"content-length", b"512")], False),
+        (200, [*_MP3, (b"cache-control", b"private")], False),
+        (200, [*_MP3, (b"icy-metaint", b"16000")], False),
+    ],
+)
+def test_a_reconnect_carries_on_only_the_same_kind_of_stream(
+    status: int, headers: list[tuple[bytes, bytes]], carries_on: bool
+) -> None:
+    assert continues_stream(200, _MP3, status, headers) is carries_on
+
+
+def test_a_stream_with_icy_metadata_is_never_continued() -> None:
+    icy = [*_MP3, (b"icy-metaint", b"16000")]
+    assert not continues_stream(200, icy, 200, icy)
 
 
 @pytest.mark.parametrize(
