@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import sys
 from collections.abc import Hashable, Iterator
 from dataclasses import asdict
@@ -46,8 +47,10 @@ def parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500G, 1.5T)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500G, 1.5T)")
+    if value * _UNITS[unit] < 1:
+        raise argparse.ArgumentTypeError(f"size must be at least one byte: {text!r}")
     return int(value * _UNITS[unit])
 
 
@@ -128,12 +131,18 @@ def _open(path: str) -> IO[str]:
     return open(path, encoding="utf-8", errors="replace")
 
 
-def _lines(paths: list[str]) -> Iterator[tuple[str, int, str]]:
+def _lines(paths: list[str], *, warn: bool = False) -> Iterator[tuple[str, int, str]]:
     for path in paths:
         with _open(path) as fh:
-            for number, line in enumerate(fh, start=1):
-                if line.strip():
-                    yield path, number, line
+            try:
+                for number, line in enumerate(fh, start=1):
+                    if line.strip():
+                        yield path, number, line
+            except EOFError:
+                # A .gz still being written by logrotate, or cut by a crash: what was read
+                # counts, like a plain log cut mid-line.
+                if warn:
+                    print(f"swarmcache advise: {path} ends early (cut short)", file=sys.stderr)
 
 
 class _Replay:
@@ -164,7 +173,7 @@ class _Replay:
 
     def replay(self, engine: StackDistances, trace: list[tuple[Hashable, int]] | None) -> None:
         reader = self.reader()
-        for path, number, line in _lines(self.args.log):
+        for path, number, line in _lines(self.args.log, warn=True):
             try:
                 accesses = reader.feed(line)
             except LogLineError as exc:

@@ -223,7 +223,8 @@ class ContentDedup:
         try:
             fd = self._store.open_blob(ref)
         except CorruptBlob as exc:
-            self._drop_corrupt(ref, str(exc))
+            if self._store.has_blob(ref):  # else evicted since the lookup: not corrupt
+                self._drop_corrupt(ref, str(exc))
             return SampleVerdict.UNUSABLE, -1
         except StoreError as exc:
             log.warning("cannot open fingerprint candidate %s: %s", ref.digest, exc)

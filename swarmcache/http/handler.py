@@ -490,7 +490,10 @@ class CacheHandler:
         try:
             fd = self.store.open_blob(meta.blob)
         except CorruptBlob as exc:
-            self._drop_corrupt(meta, str(exc))
+            # Unreferenced by now: evicted or purged since the lookup (the index goes first,
+            # then the file), not corrupt; the caller fetches it again.
+            if self.store.has_blob(meta.blob):
+                self._drop_corrupt(meta, str(exc))
             return None
         try:
             if not self.store.is_verified(meta.blob):
@@ -577,9 +580,15 @@ class CacheHandler:
     def _upstream_fields(
         self, request: Request, target: Target, drop: frozenset[bytes]
     ) -> list[Header]:
-        fields = [(n, v) for n, v in policy.strip_hop_by_hop(request.headers) if n not in drop]
-        if not any(n == b"host" for n, _ in fields):
-            fields.insert(0, (b"host", target.host_header))
+        # The Host sent is the one the key was made from: a proxy request's own Host field
+        # (``GET http://victim/x`` + ``Host: attacker``) would fetch another site's object
+        # into this key on a shared address (RFC 9112 3.2.2).
+        fields = [
+            (n, v)
+            for n, v in policy.strip_hop_by_hop(request.headers)
+            if n not in drop and n != b"host"
+        ]
+        fields.insert(0, (b"host", target.host_header))
         previous = [v for n, v in fields if n == b"via"]
         fields = [(n, v) for n, v in fields if n != b"via"]
         fields.append((b"via", b", ".join([*previous, b"1.1 " + self.via])))

@@ -189,9 +189,10 @@ async def splice_both_ways(fd_a: int, fd_b: int, *, idle_timeout: float | None =
                 if not done.done():
                     done.set_exception(exc)
                 return
-            # A full turn: let other connections run, then continue from the reader side.
-            self.want_write(False)
-            self.want_read(True)
+            # A full turn: let other connections run, then continue. Bytes still in the pipe
+            # go on when the receiver can take them: the sender may have nothing more to send.
+            self.want_read(not self.in_pipe)
+            self.want_write(bool(self.in_pipe))
 
         def finish(self) -> None:
             self.want_read(False)
@@ -206,7 +207,7 @@ async def splice_both_ways(fd_a: int, fd_b: int, *, idle_timeout: float | None =
             self.want_read(False)
             self.want_write(False)
 
-    directions = [_Direction(fd_a, fd_b), _Direction(fd_b, fd_a)]
+    directions: list[_Direction] = []
 
     def check_idle() -> None:
         if done.done():
@@ -216,8 +217,12 @@ async def splice_both_ways(fd_a: int, fd_b: int, *, idle_timeout: float | None =
             return
         timer[0] = loop.call_later(1.0, check_idle)
 
-    timer = [loop.call_later(1.0, check_idle)] if idle_timeout is not None else []
+    timer: list[asyncio.TimerHandle] = []
     try:
+        # Inside the try: a second pipe that cannot be had (EMFILE) must not leak the first.
+        directions += [_Direction(fd_a, fd_b), _Direction(fd_b, fd_a)]
+        if idle_timeout is not None:
+            timer.append(loop.call_later(1.0, check_idle))
         for direction in directions:
             direction.want_read(True)
         await done

@@ -109,3 +109,31 @@ def test_bad_sizes_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
         main(["advise", "--log", "x", "--sizes", "lots"])
     assert exc.value.code == 2
     assert "not a size: 'lots'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", ["inf", "nan", "1e400", "0.5"])
+def test_sizes_that_are_not_a_byte_count_are_usage_errors(
+    size: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["advise", "--log", "x", "--sizes", size])
+    assert exc.value.code == 2
+    assert repr(size) in capsys.readouterr().err
+
+
+def test_a_rotated_log_cut_short_is_read_up_to_the_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A .gz being written by logrotate (or cut by a crash) ends early: the lines before the
+    cut count, and the replay goes on with the next log."""
+    log = tmp_path / "access.log"
+    _write_log(log)
+    whole = gzip.compress(log.read_bytes())
+    cut = tmp_path / "access.log.1.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    code = main(["advise", "--log", str(cut), "--log", str(log), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["requests"] > 3000  # all of access.log and part of the cut copy
+    assert "access.log.1.gz" in captured.err  # the operator is told which file was cut

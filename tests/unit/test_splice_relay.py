@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -106,3 +107,81 @@ def test_a_reset_ends_the_relay_with_an_error() -> None:
                 s.close()
 
     asyncio.run(main())
+
+
+def test_bytes_left_in_the_pipe_after_a_turn_are_delivered_without_more_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request that then waits for its answer (ssh, rsync) must arrive whole: when a turn
+    ends with bytes still in the pipe, nothing more may be needed from the sender."""
+    import swarmcache.http.splice as splice
+
+    monkeypatch.setattr(splice, "_TURN_BYTES", 1)
+    request = os.urandom(4 << 20)
+
+    async def main() -> bytes:
+        a_outer, a_inner, b_inner, b_outer = _relay_setup()
+        # A small send buffer towards the receiver: the pipe is emptied in several writes.
+        b_inner.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 10)
+        b_outer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+        relay = asyncio.create_task(splice_both_ways(a_inner.fileno(), b_inner.fileno()))
+        try:
+            loop = asyncio.get_running_loop()
+            # The whole request is sent, and the sender waits (no more bytes, no EOF).
+            sender = asyncio.create_task(loop.sock_sendall(a_outer, request))
+            got = bytearray()
+
+            async def read_request() -> None:
+                while len(got) < len(request):
+                    chunk = await loop.sock_recv(b_outer, 1 << 16)
+                    assert chunk, "relay closed early"
+                    got.extend(chunk)
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(read_request(), 30)
+            return bytes(got)
+        finally:
+            sender.cancel()
+            relay.cancel()
+            with contextlib.suppress(BaseException):
+                await relay
+            for s in (a_outer, a_inner, b_inner, b_outer):
+                s.close()
+
+    got = asyncio.run(main())
+    assert len(got) == len(request)
+    assert got == request
+
+
+def test_a_relay_that_cannot_get_its_second_pipe_leaks_no_descriptor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of descriptors (EMFILE) is when a leak hurts most: the first pipe is closed too."""
+    import swarmcache.http.splice as splice
+
+    opened: list[int] = []
+    real_pipe2 = os.pipe2
+
+    def pipe2(flags: int) -> tuple[int, int]:
+        if opened:
+            raise OSError(24, "Too many open files")
+        pair = real_pipe2(flags)
+        opened.extend(pair)
+        return pair
+
+    monkeypatch.setattr(splice.os, "pipe2", pipe2)
+
+    async def main() -> None:
+        a_outer, a_inner, b_inner, b_outer = _relay_setup()
+        try:
+            with pytest.raises(OSError):
+                await splice_both_ways(a_inner.fileno(), b_inner.fileno())
+        finally:
+            for s in (a_outer, a_inner, b_inner, b_outer):
+                s.close()
+
+    asyncio.run(main())
+    assert opened
+    for fd in opened:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed
