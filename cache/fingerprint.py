@@ -39,6 +39,7 @@ __all__ = [
     "judge_sample",
     "parse_content_range",
     "sample_ranges",
+    "scope_id",
     "strong_validator",
 ]
 
@@ -47,7 +48,7 @@ _U64 = struct.Struct("<Q")
 # The body length leads the key (big-endian, so keys sort by length): "is any stored body this
 # long" is one cursor seek, asked at the response head before a prefix exists.
 _LENGTH_KEY = struct.Struct(">Q")
-_ENTRY = struct.Struct("<32sQ")  # blob digest, blob size
+_ENTRY = struct.Struct("<32sQ16s")  # blob digest, blob size, trust scope (see scope_id)
 # Versioned so that a change of definition can never match an old entry.
 _DOMAIN: Final = b"swarmcache-fingerprint-2\x00"
 _CONTENT_RANGE = re.compile(rb"bytes (\d{1,19})-(\d{1,19})/(\d{1,19})")
@@ -156,15 +157,21 @@ def judge_sample(
     return SampleVerdict.SAME if body == expected else SampleVerdict.DIFFERENT
 
 
-def _encode(ref: BlobRef) -> bytes:
-    return _ENTRY.pack(bytes.fromhex(ref.digest), ref.size)
+def scope_id(scope: bytes) -> bytes:
+    """The 16 bytes an entry stores for the trust scope its body was fetched in (an origin,
+    or a service of key rules): a sampled match is only trusted within one scope."""
+    return hashlib.sha256(b"swarmcache-scope\x00" + scope).digest()[:16]
 
 
-def _decode(raw: bytes) -> BlobRef | None:
+def _encode(ref: BlobRef, scope: bytes) -> bytes:
+    return _ENTRY.pack(bytes.fromhex(ref.digest), ref.size, scope_id(scope))
+
+
+def _decode(raw: bytes) -> tuple[BlobRef, bytes] | None:
     if len(raw) != _ENTRY.size:
         return None
-    digest, size = _ENTRY.unpack(raw)
-    return BlobRef(digest.hex(), size)
+    digest, size, scope = _ENTRY.unpack(raw)
+    return BlobRef(digest.hex(), size), scope
 
 
 class FingerprintIndex:
@@ -179,10 +186,12 @@ class FingerprintIndex:
         self._store = store
         self._table = store.open_table(_TABLE, dupsort=True)
 
-    def add(self, fp: bytes, ref: BlobRef) -> None:
+    def add(self, fp: bytes, ref: BlobRef, scope: bytes) -> None:
+        """Note that a body with fingerprint ``fp`` fetched in ``scope`` is blob ``ref``."""
         with self._store.transaction(write=True) as txn:
-            # An identical (fingerprint, blob) pair is stored once: LMDB keeps dups unique.
-            txn.put(fp, _encode(ref), db=self._table, dupdata=True)
+            # An identical (fingerprint, blob, scope) entry is stored once: LMDB keeps dups
+            # unique.
+            txn.put(fp, _encode(ref, scope), db=self._table, dupdata=True)
 
     def has_length(self, length: int) -> bool:
         """Whether any body of exactly ``length`` bytes has a fingerprint here (a hint: the
@@ -192,19 +201,21 @@ class FingerprintIndex:
             cursor = txn.cursor(db=self._table)
             return bool(cursor.set_range(key)) and bytes(cursor.key()[:8]) == key
 
-    def candidates(self, fp: bytes, length: int) -> list[BlobRef]:
-        """Blobs still in the store whose body has this fingerprint and ``length`` bytes."""
+    def candidates(self, fp: bytes, length: int, scope: bytes | None = None) -> list[BlobRef]:
+        """Blobs still in the store whose body has this fingerprint and ``length`` bytes (and,
+        unless ``scope`` is None, was fetched in that trust scope)."""
+        wanted = None if scope is None else scope_id(scope)
         with self._store.transaction() as txn:
             cursor = txn.cursor(db=self._table)
             raws = list(cursor.iternext_dup()) if cursor.set_key(fp) else []
         live: list[BlobRef] = []
         dead: list[bytes] = []
         for raw in raws:
-            ref = _decode(raw)
-            if ref is not None and ref.size == length and self._store.has_blob(ref):
-                live.append(ref)
-            else:
+            entry = _decode(raw)
+            if entry is None or not self._store.has_blob(entry[0]):
                 dead.append(raw)
+            elif entry[0].size == length and wanted in (None, entry[1]) and entry[0] not in live:
+                live.append(entry[0])
         if dead:
             with self._store.transaction(write=True) as txn:
                 for raw in dead:
@@ -217,8 +228,8 @@ class FingerprintIndex:
             entries = list(txn.cursor(db=self._table).iternext())
         dead = []
         for fp, raw in entries:
-            ref = _decode(raw)
-            if ref is None or not self._store.has_blob(ref):
+            entry = _decode(raw)
+            if entry is None or not self._store.has_blob(entry[0]):
                 dead.append((fp, raw))
         if dead:
             with self._store.transaction(write=True) as txn:

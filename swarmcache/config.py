@@ -118,6 +118,10 @@ class CacheConfig:
     fingerprint_prefix_bytes: int = 64 << 10
     fingerprint_samples: int = 4
     fingerprint_sample_bytes: int = 16 << 10
+    # Whose stored bodies a sampled match may use: "origin" (the same origin address, or the
+    # same service of a key rule) or "any" (every origin: more uplink saved, but a crafted
+    # near-duplicate stored by one origin can pass the samples for another's file).
+    fingerprint_scope: str = "origin"
     # Per-site key rules ([[cache.key_rules]]); the first whose hosts match applies.
     key_rules: tuple[KeyRule, ...] = ()
 
@@ -138,6 +142,10 @@ class CacheConfig:
         if self.eviction_policy not in ("lfu-da", "gdsf", "lru"):
             raise ConfigError(
                 f"cache.eviction_policy: expected lfu-da|gdsf|lru, got {self.eviction_policy!r}"
+            )
+        if self.fingerprint_scope not in ("origin", "any"):
+            raise ConfigError(
+                f"cache.fingerprint_scope: expected origin|any, got {self.fingerprint_scope!r}"
             )
         if self.fingerprint not in ("sample", "full", "off"):
             raise ConfigError(

@@ -50,7 +50,7 @@ from cache.fingerprint import (
 from cache.store import BlobRef, BlobWriter, CorruptBlob, Store, StoreError
 from swarmcache.config import CacheConfig
 from swarmcache.http.parser import Data, EndOfMessage, Header, Request, Response
-from swarmcache.http.target import Target
+from swarmcache.http.target import Target, trust_scope
 from swarmcache.http.upstream import UpstreamConnection, UpstreamError
 from swarmcache.metrics import Metrics
 
@@ -196,7 +196,9 @@ class ContentDedup:
         assert self.index is not None
         attempt.fingerprint = fingerprint(prefix, attempt.length)
         try:
-            attempt.candidates = self.index.candidates(attempt.fingerprint, attempt.length)
+            attempt.candidates = self.index.candidates(
+                attempt.fingerprint, attempt.length, self._scope_filter(attempt)
+            )
         except StoreError as exc:
             log.warning("fingerprint lookup failed: %s", exc)
             return None
@@ -347,15 +349,30 @@ class ContentDedup:
                 self._metrics.fingerprint_confirmed.inc()
             else:
                 self._metrics.fingerprint_mismatches.inc()
-        if attempt.confirmed is not None and attempt.confirmed != ref:
-            # Cannot happen: the prefix was compared byte for byte and the rest copied.
-            log.error("fingerprint copy of %s hashed to %s", attempt.confirmed.digest, ref.digest)
+        if attempt.confirmed is not None:
+            if attempt.confirmed != ref:
+                # Cannot happen: the prefix was compared byte for byte and the rest copied.
+                log.error(
+                    "fingerprint copy of %s hashed to %s", attempt.confirmed.digest, ref.digest
+                )
+            # Only an origin that sent the whole body vouches for it: a sampled match adds no
+            # entry (its scope already has one, or "any" was chosen).
+            return
         try:
-            self.index.add(attempt.fingerprint, ref)
+            self.index.add(attempt.fingerprint, ref, trust_scope(attempt.target))
         except StoreError as exc:
             log.warning("cannot record the fingerprint of %s: %s", ref.digest, exc)
             return
         self._recorded += 1
+
+    def _scope_filter(self, attempt: DedupAttempt) -> bytes | None:
+        """Candidates for a sampled match come from this request's trust scope only (unless
+        the operator chose "any"): samples catch a different file, not a crafted one that
+        differs in a few bytes, so only the origin that served the stored body may vouch for
+        it. In "full" mode every body is read and hashed, so any scope will do."""
+        if self._config.fingerprint != "sample" or self._config.fingerprint_scope == "any":
+            return None
+        return trust_scope(attempt.target)
 
     async def maybe_prune(self) -> None:
         """Every ``_PRUNE_EVERY`` records, sweep entries of evicted blobs (a worker thread)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from cache.keyrules import KeyRules, rule_key
+from cache.keyrules import SERVICE_KEY_PREFIX, KeyRules, rule_key
 from swarmcache.http.parser import RemoteProtocolError, Request
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "key_for_url",
     "resolve_target",
     "split_authority",
+    "trust_scope",
     "variant_key",
 ]
 
@@ -119,6 +120,18 @@ def resolve_target(
     dst_ip, dst_port = local
     suffix = b" @" + f"{dst_ip}:{dst_port}".encode()
     return Target(url, base + suffix, dst_ip, dst_port, path, host_header, suffix)
+
+
+def trust_scope(target: Target) -> bytes:
+    """Who vouches for a body fetched for ``target``: the service of a service key rule (whose
+    hosts the operator declared to serve one catalogue, and which the box resolves itself),
+    else the origin's authority plus, in transparent mode, the address the client connected
+    to (a Host field alone is the client's word: anyone can send ``Host: popular.example`` to
+    their own server)."""
+    if target.key.startswith(SERVICE_KEY_PREFIX):
+        return target.key.split(b"/", 1)[0]
+    authority = target.url[7:].split(b"/", 1)[0]
+    return authority + target.suffix
 
 
 def key_for_url(target: Target, url: bytes, rules: KeyRules | None = None) -> bytes:

@@ -101,9 +101,10 @@ def test_one_file_under_three_tokenised_urls_crosses_the_uplink_once(gateway: Ga
     digest = hashlib.sha256(body).hexdigest()
     _publish(gateway, "/dist/app-1.0.bin", body)
     _publish(gateway, "/mirror/pkg.bin", body, {"ETag": '"mirror-v1"'})
+    # Three URLs of one origin: other paths, other tokens, no key rule naming them.
     urls = [
         f"http://{ORIGIN}/dist/app-1.0.bin?token=alice",
-        f"http://{MIRROR}/mirror/pkg.bin?sig=bob&expires=1",
+        f"http://{ORIGIN}/mirror/pkg.bin?sig=bob&expires=1",
         f"http://{ORIGIN}/dist/app-1.0.bin?token=carol",
     ]
 
@@ -136,8 +137,8 @@ def test_one_file_under_three_tokenised_urls_crosses_the_uplink_once(gateway: Ga
     # One blob on disk for the three URLs.
     assert m["swarmcache_store_bytes"] == len(body)
 
-    # The origins saw the confirmations as small 206s of this very URL.
-    mirror = [e for e in _log(gateway, "mirror.log") if e["path"].startswith("/mirror/pkg.bin")]
+    # The origin saw the confirmations as small 206s of this very URL.
+    mirror = [e for e in _log(gateway, "origin.log") if e["path"].startswith("/mirror/pkg.bin")]
     ranges = [e for e in mirror if "range" in e["headers"]]
     assert ranges and all(e["status"] == 206 and e["bytes"] <= 64 << 10 for e in ranges)
     # The samples are tied to the version whose head the client got (strong ETag).
@@ -161,7 +162,7 @@ def test_files_sharing_prefix_and_length_are_never_confused(gateway: Gateway) ->
     got_a, _ = _fetch_measured(gateway, f"http://{ORIGIN}/v1/setup.exe?token=1")
     assert got_a == a
     _stored(gateway, 1)
-    got_b, uplink_b = _fetch_measured(gateway, f"http://{MIRROR}/v2/setup.exe?token=2")
+    got_b, uplink_b = _fetch_measured(gateway, f"http://{ORIGIN}/v2/setup.exe?token=2")
     assert got_b == b
     assert uplink_b >= len(b)  # fetched in full: the candidate was rejected
     m = gateway.metrics()
@@ -171,7 +172,7 @@ def test_files_sharing_prefix_and_length_are_never_confused(gateway: Gateway) ->
 
     # Both are now stored, each under its own URL, and a third copy of `a` finds the right one
     # among two candidates with the same fingerprint.
-    assert gateway.curl(f"http://{MIRROR}/v2/setup.exe?token=2").body == b
+    assert gateway.curl(f"http://{ORIGIN}/v2/setup.exe?token=2").body == b
     assert gateway.curl(f"http://{ORIGIN}/v1/setup.exe?token=1").body == a
     _publish(gateway, "/v3/setup.exe", a)
     _stored(gateway, 2)
@@ -179,6 +180,28 @@ def test_files_sharing_prefix_and_length_are_never_confused(gateway: Gateway) ->
     assert got_c == a
     assert uplink_c < CUT_BUDGET
     assert _metric(gateway, "swarmcache_fingerprint_confirmed_total") == 1
+
+
+def test_a_crafted_near_duplicate_from_another_origin_is_never_served(gateway: Gateway) -> None:
+    """The attack random samples cannot stop: a subscriber has the box store, from a server of
+    their own, a copy of a popular file with the same first 64 KiB, length and tail but a few
+    changed bytes in the middle. A later fetch of the genuine file from its real origin must
+    not even consider that copy: only the origin that sent a body in full vouches for it."""
+    genuine = random_bytes(8 * MIB)
+    middle = len(genuine) // 2
+    crafted = genuine[:middle] + b"\xcc" * 16 + genuine[middle + 16 :]
+    assert len(crafted) == len(genuine) and crafted != genuine
+    _publish(gateway, "/evil/setup.exe", crafted)  # served by the "attacker" (the mirror)
+    _publish(gateway, "/pub/setup.exe", genuine)
+    got, _ = _fetch_measured(gateway, f"http://{MIRROR}/evil/setup.exe")
+    assert got == crafted
+    _stored(gateway, 1)
+    got, uplink = _fetch_measured(gateway, f"http://{ORIGIN}/pub/setup.exe?token=victim")
+    assert hashlib.sha256(got).digest() == hashlib.sha256(genuine).digest()
+    assert uplink >= len(genuine)  # read in full from the genuine origin
+    m = gateway.metrics()
+    assert m["swarmcache_fingerprint_candidates_total"] == 0
+    assert m["swarmcache_fingerprint_confirmed_total"] == 0
 
 
 def test_origin_without_range_support_is_fetched_in_full(gateway: Gateway) -> None:

@@ -208,14 +208,33 @@ def test_candidates_are_the_stored_blobs_with_that_fingerprint(store: Store) -> 
     a = _stored(store, b"http://a/x", prefix + os.urandom(900))
     b = _stored(store, b"http://b/y", prefix + os.urandom(900))
     fp = fingerprint(prefix, 1000)
-    index.add(fp, a)
-    index.add(fp, a)  # recording the same blob again adds nothing
-    index.add(fp, b)
+    index.add(fp, a, b"origin-1")
+    index.add(fp, a, b"origin-1")  # recording the same blob again adds nothing
+    index.add(fp, b, b"origin-1")
     assert sorted(index.candidates(fp, 1000), key=lambda r: r.digest) == sorted(
         [a, b], key=lambda r: r.digest
     )
     assert len(index) == 2
     assert index.candidates(fingerprint(prefix, 1001), 1001) == []
+
+
+def test_a_scope_filter_keeps_candidates_of_that_scope_only(store: Store) -> None:
+    """A sampled match may only use a body the same origin (or service) sent in full."""
+    index = FingerprintIndex(store)
+    prefix = os.urandom(100)
+    mine = _stored(store, b"http://a/x", prefix + os.urandom(900))
+    theirs = _stored(store, b"http://evil/x", prefix + os.urandom(900))
+    fp = fingerprint(prefix, 1000)
+    index.add(fp, mine, b"a @10.0.0.1:80")
+    index.add(fp, theirs, b"evil @10.6.6.6:80")
+    index.add(fp, mine, b"service:dist")  # the same blob, also sent in full by a service
+    assert index.candidates(fp, 1000, b"a @10.0.0.1:80") == [mine]
+    assert index.candidates(fp, 1000, b"service:dist") == [mine]
+    assert index.candidates(fp, 1000, b"a @10.0.0.2:80") == []
+    assert sorted(index.candidates(fp, 1000), key=lambda r: r.digest) == sorted(
+        [mine, theirs], key=lambda r: r.digest
+    )
+    assert index.has_length(1000) and not index.has_length(999)
 
 
 def test_an_entry_whose_blob_is_gone_is_ignored_and_removed(store: Store) -> None:
@@ -224,8 +243,8 @@ def test_an_entry_whose_blob_is_gone_is_ignored_and_removed(store: Store) -> Non
     a = _stored(store, b"http://a/x", prefix + os.urandom(900))
     b = _stored(store, b"http://b/y", prefix + os.urandom(900))
     fp = fingerprint(prefix, 1000)
-    index.add(fp, a)
-    index.add(fp, b)
+    index.add(fp, a, b"origin-1")
+    index.add(fp, b, b"origin-1")
     store.delete(b"http://a/x")  # a's last reference: its file is unlinked
     assert index.candidates(fp, 1000) == [b]
     assert len(index) == 1
@@ -238,7 +257,7 @@ def test_a_blob_shared_by_two_urls_stays_a_candidate_until_both_are_gone(store: 
     assert _stored(store, b"http://b/x?token=2", body) == ref
     assert store.stats().blobs == 1
     fp = fingerprint(body[:100], 1000)
-    index.add(fp, ref)
+    index.add(fp, ref, b"origin-1")
     store.delete(b"http://a/x")
     assert index.candidates(fp, 1000) == [ref]
     store.delete(b"http://b/x?token=2")
@@ -249,7 +268,7 @@ def test_prune_removes_every_dead_entry(store: Store) -> None:
     index = FingerprintIndex(store)
     refs = [_stored(store, b"http://h/%d" % i, os.urandom(300)) for i in range(5)]
     for i, ref in enumerate(refs):
-        index.add(fingerprint(b"%d" % i, 300), ref)
+        index.add(fingerprint(b"%d" % i, 300), ref, b"origin-1")
     for i in (0, 2, 4):
         store.delete(b"http://h/%d" % i)
     assert index.prune() == 3
@@ -261,7 +280,7 @@ def test_the_table_survives_a_reopen(tmp_path: Path) -> None:
     body = os.urandom(500)
     with Store(tmp_path / "s", map_size=1 << 30) as store:
         ref = _stored(store, b"http://a/x", body)
-        FingerprintIndex(store).add(fingerprint(body[:10], 500), ref)
+        FingerprintIndex(store).add(fingerprint(body[:10], 500), ref, b"origin-1")
     with Store(tmp_path / "s", map_size=1 << 30) as store:
         assert FingerprintIndex(store).candidates(fingerprint(body[:10], 500), 500) == [ref]
 
