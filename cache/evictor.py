@@ -111,13 +111,17 @@ def make_policy(name: str, capacity: int, *, admission: bool) -> EvictionPolicy:
     return TinyLFU(inner, capacity, expected_items=items)
 
 
-def disk_quota(directory: str, quota_bytes: int, *, share: float = 0.9) -> int:
-    """``quota_bytes``, or when it is 0 ``share`` of the size of the filesystem holding
-    ``directory`` (the rest is headroom for the LMDB index, temp files and fills in flight)."""
+def disk_quota(directory: str, quota_bytes: int, *, held: int = 0, share: float = 0.9) -> int:
+    """``quota_bytes``, or when it is 0 ``share`` of what the cache may occupy on the
+    filesystem holding ``directory``: the free space plus the ``held`` bytes the cache already
+    occupies, never more than the filesystem's size. The rest is headroom for the LMDB index,
+    temp files and fills in flight; counting only the cache's own bytes and the free space
+    keeps a cache on a shared filesystem (a root partition with logs on it) from filling it."""
     if quota_bytes:
         return quota_bytes
     st = os.statvfs(directory)
-    return int(st.f_blocks * st.f_frsize * share)
+    usable = min(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize + held)
+    return int(usable * share)
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,9 +99,10 @@ class CacheConfig:
     # Bodies up to this size are read into memory on a hit: one write beats sendfile's setup.
     small_object_bytes: int = 64 << 10
     fsync: bool = True
-    # Disk quota for HTTP blobs and torrent pieces together (bytes); 0 = 90 % of the size of
-    # the filesystem holding cache.dir. Past high_watermark (a fraction of the quota) objects
-    # and torrent piece ranges are evicted, coldest first, down to low_watermark.
+    # Disk quota for HTTP blobs and torrent pieces together (bytes); 0 = 90 % of the free space
+    # of the filesystem holding cache.dir plus what the cache holds, at start-up. Past
+    # high_watermark (a fraction of the quota) objects and torrent piece ranges are evicted,
+    # coldest first, down to low_watermark.
     quota_bytes: int = 0
     high_watermark: float = 0.95
     low_watermark: float = 0.85

@@ -8,7 +8,10 @@ first, then the listeners. The watchdog child removes the rules if this process 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
 import logging
+import os
 import signal
 import time
 from typing import TYPE_CHECKING, Any
@@ -187,7 +190,9 @@ class Daemon:
         for a large cache, before anything is served)."""
         c = self.config.cache
         quota = Quota(
-            disk_quota(self.store.directory, c.quota_bytes), c.high_watermark, c.low_watermark
+            disk_quota(self.store.directory, c.quota_bytes, held=self._bytes_held()),
+            c.high_watermark,
+            c.low_watermark,
         )
         evictor = Evictor(
             self.store,
@@ -205,6 +210,16 @@ class Daemon:
             self.swarm.seeder.on_serve = evictor.piece_served
         self.metrics.watch_eviction(evictor.figures)
         return evictor
+
+    def _bytes_held(self) -> int:
+        """Disk the cache occupies now: HTTP blobs (from the index) and torrent payload files
+        (a few large files: their allocated blocks)."""
+        held = self.store.stats().bytes
+        for root, _, files in os.walk(os.path.join(self.store.directory, "torrents")):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    held += os.stat(os.path.join(root, name)).st_blocks * 512
+        return held
 
     def _downloading(self, info_hash: bytes) -> bool:
         # Called from the evictor's thread: one dict lookup and a flag, no await.
@@ -344,8 +359,8 @@ class Daemon:
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         token = self.config.admin.token
         if token and request.path != "/healthz":
-            given = request.headers.get("Authorization", "")
-            if given != f"Bearer {token}":
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
                 return web.Response(status=401, text="admin token required\n")
         result: web.StreamResponse = await handler(request)
         return result

@@ -37,13 +37,19 @@ async def relay_both_ways(
         pending_down, upstream_fd = upstream.detach_body()
         to_upstream = client_initial + pending_up
         to_client = upstream_initial + pending_down
-        if to_upstream:
-            await upstream.send_body(to_upstream)
-        await upstream.flush()
         if to_client:
             client.write(to_client)
         await client.flush()
-        moved = len(to_upstream) + len(to_client)
+        moved = len(to_client)
+        if upstream_fd < 0:
+            # The destination said its piece and closed before the relay began (a banner and
+            # a refusal): the client gets every byte of it, then the end.
+            client.write_eof()
+            return moved
+        if to_upstream:
+            await upstream.send_body(to_upstream)
+        await upstream.flush()
+        moved += len(to_upstream)
         moved += await splice_both_ways(client_fd, upstream_fd, idle_timeout=idle_timeout)
     except (ConnectionError, OSError):
         pass

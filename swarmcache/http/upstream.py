@@ -219,8 +219,9 @@ class UpstreamConnection:
         """Stop reading through asyncio and hand the body over to the caller's own splicing.
 
         Returns the body bytes already received past the head and a duplicate of the socket
-        descriptor (asyncio refuses a second reader on the transport's own descriptor). The
-        caller owns and closes the duplicate; :meth:`close` still closes the connection.
+        descriptor (asyncio refuses a second reader on the transport's own descriptor), or -1
+        when the connection is already gone (what it sent is still returned). The caller owns
+        and closes the duplicate; :meth:`close` still closes the connection.
         """
         self._transport.pause_reading()
         pending = b"".join(self._protocol.chunks)
@@ -229,7 +230,10 @@ class UpstreamConnection:
         self._protocol.chunks.clear()
         self._protocol.buffered = 0
         sock = self._transport.get_extra_info("socket")
-        return buffered, os.dup(sock.fileno())
+        try:
+            return buffered, os.dup(sock.fileno())
+        except (AttributeError, OSError):
+            return buffered, -1
 
     async def flush(self) -> None:
         """Wait until everything sent so far has left the transport's buffer."""

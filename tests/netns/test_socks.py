@@ -162,3 +162,30 @@ def test_an_ssh_session_runs_through_socks(
         "the SSH session's bytes were not counted as relayed",
         timeout=10,
     )
+
+
+def test_a_destination_that_answers_and_hangs_up_at_once_is_heard(
+    testbed: Testbed, open_gateway: Gateway
+) -> None:
+    """A server that sends a refusal and closes before the relay starts (an SMTP 554, a full
+    FTP server): the client still gets every byte it sent, then the end of the stream."""
+    banner = b"554 5.7.1 go away\n" * 50
+    server = (
+        "import socket\n"
+        f"s = socket.create_server(({ORIGIN!r}, 2525))\n"
+        "while True:\n"
+        "    c, _ = s.accept()\n"
+        f"    c.sendall({banner!r})\n"
+        "    c.close()\n"
+    )
+    testbed.popen(testbed.net, sys.executable, "-c", server)
+    open_gateway.wait_until(
+        lambda: "LISTEN"
+        in testbed.run(testbed.net, "ss", "-Hltn", f"src {ORIGIN}:2525", check=False).stdout,
+        "banner server did not start",
+    )
+    for _ in range(5):
+        res = testbed.run(
+            testbed.sub, "nc", "-X", "5", "-x", SOCKS, ORIGIN, "2525", input="", timeout=20
+        )
+        assert res.stdout == banner.decode(), res.stderr
