@@ -28,12 +28,14 @@ POPULAR = 5
 
 
 @pytest.fixture
-def gateway(testbed: Testbed, tmp_path: Path) -> Iterator[Gateway]:
+def gateway(testbed: Testbed, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Gateway]:
+    """The daemon with a 4 MiB quota; the low watermark is the test's parameter (0.6)."""
+    low = getattr(request, "param", 0.6)
     gw = Gateway(testbed, tmp_path)
     gw.start_origin()
     config = tmp_path / "quota.toml"
     config.write_text(
-        f"[cache]\nquota_bytes = {QUOTA}\nhigh_watermark = 0.9\nlow_watermark = 0.6\n"
+        f"[cache]\nquota_bytes = {QUOTA}\nhigh_watermark = 0.9\nlow_watermark = {low}\n"
     )
     gw.start_daemon("--config", str(config))
     try:
@@ -88,24 +90,8 @@ def test_a_small_quota_holds_while_many_objects_are_served(gateway: Gateway) -> 
         assert last[name] == "HIT", f"popular {name} was not kept"
 
 
-@pytest.fixture
-def tight_gateway(testbed: Testbed, tmp_path: Path) -> Iterator[Gateway]:
-    gw = Gateway(testbed, tmp_path)
-    gw.start_origin()
-    config = tmp_path / "quota.toml"
-    config.write_text(
-        f"[cache]\nquota_bytes = {QUOTA}\nhigh_watermark = 0.9\nlow_watermark = 0.75\n"
-    )
-    gw.start_daemon("--config", str(config))
-    try:
-        yield gw
-    finally:
-        gw.stop_daemon()
-
-
-def test_a_download_behind_fresh_tokens_earns_its_place_on_a_full_disk(
-    tight_gateway: Gateway,
-) -> None:
+@pytest.mark.parametrize("gateway", [0.75], indirect=True)
+def test_a_download_behind_fresh_tokens_earns_its_place_on_a_full_disk(gateway: Gateway) -> None:
     """Tokenised URLs of one download are one object to admission, and a refused fetch still
     finds the stored copy.
 
@@ -115,7 +101,7 @@ def test_a_download_behind_fresh_tokens_earns_its_place_on_a_full_disk(
     after a few requests; and once one copy is stored, a token the quota refuses is still
     matched by fingerprint and served from that copy (no new disk, little uplink).
     """
-    gw = tight_gateway
+    gw = gateway
     popular = {f"p{i}.bin": random_bytes(300_000 + i) for i in range(7)}
     for name, body in popular.items():
         url = gw.put(name, body, {"Cache-Control": "max-age=600"})
