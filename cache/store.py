@@ -894,11 +894,11 @@ class Store:
         """Replace the meta of ``key`` keeping its blob (a 304, new counters); no-op if gone.
 
         ``meta`` replaces the hit counters too: callers derive it from :meth:`get`, which
-        already counted the pending touches, so those are dropped.
+        already counted the pending touches, so those are dropped. The pin flag is the one
+        stored now: a pin set while the caller was revalidating is kept.
         """
         self._check_open()
         ikey = _ikey(key)
-        record = _encode_record(key, ikey, meta)
         try:
             with self._wlock:
                 with self._env.begin(write=True, db=self._objects) as txn:
@@ -908,7 +908,8 @@ class Store:
                     old = _decode_record(ikey, old_raw)[1]
                     if old.blob != meta.blob:
                         raise StoreError("update() cannot change the blob: use put()")
-                    txn.put(ikey, record)
+                    meta = dataclasses.replace(meta, pinned=old.pinned)
+                    txn.put(ikey, _encode_record(key, ikey, meta))
                     self._forget_touches(key)
                 self._notify([(key, meta)], (), (), ())
         except lmdb.Error as e:

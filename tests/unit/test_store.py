@@ -679,3 +679,16 @@ def test_a_spliced_blob_shorter_than_accounted_is_refused(store: Store) -> None:
     with pytest.raises(StoreError, match="shorter than written"):
         writer.commit(fsync=False)
     assert not os.path.exists(writer.path)
+
+
+def test_update_keeps_a_pin_set_since_the_caller_read_the_object(store: Store) -> None:
+    """A revalidation reads the object, waits for the origin's 304, then updates it: a pin the
+    operator set in between must survive (inspect and top show the stored flag)."""
+    ref = write_blob(store, b"body")
+    store.put(b"k", meta_for(ref))
+    read_before_pin = store.get(b"k")
+    assert read_before_pin is not None and not read_before_pin.pinned
+    assert store.set_pinned_where(lambda key, meta: True) == 1
+    store.update(b"k", dataclasses.replace(read_before_pin, response_time=2999.0))
+    got = store.get(b"k")
+    assert got is not None and got.pinned and got.response_time == 2999.0
