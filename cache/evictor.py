@@ -63,7 +63,7 @@ from typing import Final, cast
 
 from cache.eviction import LFUDA, LRU, EvictionPolicy, GDSFPolicy, Quota, TinyLFU
 from cache.store import BlobRef, ObjectMeta, Store, StoreError
-from cache.torrents import TorrentStore
+from cache.torrents import TorrentStore, UnknownTorrent
 
 __all__ = [
     "HIT_HALF_LIFE",
@@ -510,7 +510,10 @@ class Evictor:
                     if held and torrents.is_pinned(info_hash) and key not in self._policy:
                         self._policy.on_insert(key, held, pinned=True)
                     continue
-                lengths = {i: torrents.piece_span(info_hash, i)[1] for i in cleared}
+                try:
+                    lengths = {i: torrents.piece_span(info_hash, i)[1] for i in cleared}
+                except UnknownTorrent:
+                    continue  # purged meanwhile: its removal already took its bytes off
                 freed = sum(lengths.values())
                 self._forget_range_bytes(key, freed)
                 self._unpunched.setdefault(info_hash, {}).update(lengths)
