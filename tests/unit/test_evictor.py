@@ -443,3 +443,27 @@ async def test_the_seeder_rejects_an_evicted_piece_and_serves_kept_ones(
         peer.close()
         await evictor.close()
         await seeder.close()
+
+
+def test_a_torrent_purged_in_the_middle_of_a_run_does_not_end_the_run(
+    box: tuple[Store, TorrentStore, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator purges torrent A just as the evictor cleared a range of it: the run goes
+    on with the next victims (torrent B) instead of failing."""
+    store, torrents, _ = box
+    a = make_torrent(seeded_payload(6, 16 * PIECE), PIECE)
+    b = make_torrent(seeded_payload(7, 16 * PIECE), PIECE)
+    evictor = evictor_for(store, torrents, Quota(24 * PIECE, high=0.9, low=0.2))
+    fill(torrents, a)
+    fill(torrents, b)
+    evict_pieces = torrents.evict_pieces
+
+    def evict_then_purge(info_hash: bytes, first: int, stop: int) -> list[int]:
+        cleared = evict_pieces(info_hash, first, stop)
+        if info_hash == a.info_hash and cleared:
+            torrents.purge(a.info_hash)
+        return cleared
+
+    monkeypatch.setattr(torrents, "evict_pieces", evict_then_purge)
+    evictor.run()
+    assert torrents.progress(b.info_hash) < 1.0  # the run went on to torrent B
