@@ -27,6 +27,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from cache import policy
+from cache.keyrules import rule_key
 from cache.pins import KINDS, PinError, PinKind, PinRule, PinRules, RuleSet, parse_host_pattern
 from cache.store import ObjectMeta, Store
 from swarm.service import SwarmService
@@ -347,11 +348,33 @@ class OperatorAPI:
         except ValueError as exc:
             raise web.HTTPBadRequest(text=f"url: {exc}\n") from None
 
+    def _same_object(self, url: bytes) -> Callable[[bytes], bool]:
+        """Which stored URLs are ``url`` to an operator: itself, and under a key rule every URL
+        the rule keys alike (another token, or another host of a service): the object stored
+        under the first such URL fetched is this URL's object too."""
+        wanted = self._rule_key(url)
+        if wanted is None:
+            return lambda u: u == url
+        return lambda u: u == url or self._rule_key(u) == wanted
+
+    def _rule_key(self, url: bytes) -> bytes | None:
+        rules = self.handler.key_rules
+        if not rules:
+            return None
+        authority, slash, path = url[7:].partition(b"/")
+        try:
+            host, _ = split_authority(authority, 80)
+        except RemoteProtocolError:
+            return None
+        rule = rules.match(host)
+        return None if rule is None else rule_key(rule, authority, slash + path)
+
     async def _inspect_view(self, request: web.Request) -> web.Response:
         url = self._url_param(request)
+        same = self._same_object(url)
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(
-            None, lambda: [(k, m) for k, m in self._scan(url) if m.url == url]
+            None, lambda: [(k, m) for k, m in self._scan(url) if same(m.url)]
         )
         fills = self.handler.fills_of(url)
         if not found and not fills:
@@ -390,9 +413,12 @@ class OperatorAPI:
             raise web.HTTPBadRequest(text="give exactly one of url=, host=, prefix=\n")
         kind = given[0]
         try:
-            return self._matcher(kind, request.query[kind])
+            kind, pattern, match, scan = self._matcher(kind, request.query[kind])
         except ValueError as exc:
             raise web.HTTPBadRequest(text=f"{kind}: {exc}\n") from None
+        if kind == "url":
+            match = self._same_object(normalize_url(pattern))
+        return kind, pattern, match, scan
 
     @staticmethod
     def _matcher(

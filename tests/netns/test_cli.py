@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pytest
 
 from swarm.bencode import bencode
 from tests.netns.gateway import ORIGIN, Fetch, Gateway, random_bytes
-from tests.netns.testbed import REPO
+from tests.netns.testbed import REPO, Testbed
 
 pytestmark = pytest.mark.netns
 
@@ -298,3 +299,52 @@ def test_pins_apply_to_future_fills_survive_a_restart_and_are_removed_by_unpin(
     assert op("pins", env=token).out.strip() == "no pins"
     # Sensing is off here (no steering): `seen` says so, as not found.
     assert op("seen", "--json", env=token).code == 4
+
+
+@pytest.fixture
+def ruled(testbed: Testbed, tmp_path: Path) -> Iterator[Gateway]:
+    """A gateway whose origin's tokens are not part of the key, and whose two host names (the
+    origin's own and ``net.testbed``) form one service."""
+    gw = Gateway(testbed, tmp_path)
+    gw.start_origin()
+    config = tmp_path / "rules.toml"
+    config.write_text(
+        "[[cache.key_rules]]\n"
+        f'hosts = ["{ORIGIN}"]\n'
+        'ignore_query = ["token"]\n\n'
+        "[[cache.key_rules]]\n"
+        'hosts = ["net.testbed", "origin.testbed"]\n'
+        'service = "dist"\n'
+    )
+    gw.start_daemon("--config", str(config))
+    try:
+        yield gw
+    finally:
+        gw.stop_daemon()
+
+
+def test_inspect_and_purge_find_an_object_by_any_url_its_key_rule_maps_to_it(
+    ruled: Gateway,
+) -> None:
+    """Under a key rule one object answers many URLs; the operator may name any of them."""
+    op = Operator(ruled)
+    body = random_bytes(50_000)
+    ruled.put("tok.bin", body, MAX_AGE)
+    ruled.put("svc.bin", body + b"2", MAX_AGE)
+    assert ruled.curl(f"http://{ORIGIN}/tok.bin?token=alice").x_cache == "MISS"
+    assert ruled.curl("http://net.testbed/svc.bin").x_cache == "MISS"
+    ruled.wait_until(
+        lambda: ruled.metrics().get("swarmcache_store_objects") == 2, "fills were not indexed"
+    )
+
+    # Another token, another host of the service: the same objects.
+    seen = op.json("inspect", f"http://{ORIGIN}/tok.bin?token=bob")
+    assert len(seen["objects"]) == 1
+    assert len(op.json("inspect", "http://origin.testbed/svc.bin")["objects"]) == 1
+    assert op("inspect", f"http://{ORIGIN}/other.bin").code == 4
+
+    assert op.json("purge", f"http://{ORIGIN}/tok.bin?token=carol")["purged_objects"] == 1
+    assert op.json("purge", "http://origin.testbed/svc.bin")["purged_objects"] == 1
+    # Purged for real: the next request under the first URL goes to the origin again.
+    assert ruled.curl(f"http://{ORIGIN}/tok.bin?token=alice").x_cache == "MISS"
+    assert ruled.curl("http://net.testbed/svc.bin").x_cache == "MISS"
