@@ -46,6 +46,7 @@ __all__ = [
     "Ring",
     "continues_stream",
     "shareable_response",
+    "stream_may_continue",
 ]
 
 
@@ -290,9 +291,16 @@ def continues_stream(
         and policy.header_values(headers, b"content-length") == []
         and shareable_response(headers)
         and _media(first) == _media(headers)
-        and not policy.header_values(first, b"icy-metaint")
+        and stream_may_continue(first)
         and not policy.header_values(headers, b"icy-metaint")
     )
+
+
+def stream_may_continue(first: policy.Headers) -> bool:
+    """Whether a stream that began with these headers may ever be continued after a seam:
+    not one with in-band ICY metadata (see :func:`continues_stream`), so for those no
+    reconnect is even tried."""
+    return not policy.header_values(first, b"icy-metaint")
 
 
 def _media(headers: policy.Headers) -> bytes:

@@ -26,7 +26,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cache import policy
-from cache.live import Cursor, LagPolicy, LiveRules, Ring, continues_stream, shareable_response
+from cache.live import (
+    Cursor,
+    LagPolicy,
+    LiveRules,
+    Ring,
+    continues_stream,
+    shareable_response,
+    stream_may_continue,
+)
 from swarmcache.config import LiveConfig
 from swarmcache.http.parser import (
     LAST_CHUNK,
@@ -210,7 +218,11 @@ class LiveStream:
                 finally:
                     self.hub.metrics.upstream_bytes.inc(upstream.received_bytes)
                     upstream.close()
-                if config.upstream_end != "reconnect" or not self.clients:
+                if (
+                    config.upstream_end != "reconnect"
+                    or not self.clients
+                    or not self.hub.may_continue(self.head)
+                ):
                     log.info("live stream %r ended: %s", self.key, why)
                     return
                 # The seam: clients get the new connection's bytes from its first whole unit.
@@ -295,6 +307,10 @@ class LiveHub:
             and self.rules.matches(url, response.get(b"content-type"))
             and shareable_response(response.headers)
         )
+
+    def may_continue(self, head: LiveHead) -> bool:
+        """Could any reconnect carry on the stream ``head`` began? (If not, none is tried.)"""
+        return stream_may_continue(head.headers)
 
     def continues(self, head: LiveHead, response: Response) -> bool:
         """May a reconnect's response carry on the stream ``head`` began?"""

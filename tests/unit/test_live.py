@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache.live import Cursor, LagPolicy, LiveRules, Ring, continues_stream, shareable_response
+from cache.live import (
+    Cursor,
+    LagPolicy,
+    LiveRules,
+    Ring,
+    continues_stream,
+    shareable_response,
+    stream_may_continue,
+)
 from swarmcache.config import Config, ConfigError
 
 _ops = st.lists(
@@ -225,6 +233,8 @@ def test_a_reconnect_carries_on_only_the_same_kind_of_stream(
 def test_a_stream_with_icy_metadata_is_never_continued() -> None:
     icy = [*_MP3, (b"icy-metaint", b"16000")]
     assert not continues_stream(200, icy, 200, icy)
+    # Known from the first head: no reconnect is even tried (no wasted upstream connection).
+    assert not stream_may_continue(icy) and stream_may_continue(_MP3)
 
 
 @pytest.mark.parametrize(
