@@ -168,6 +168,8 @@ class EvictionPolicy(Protocol):
 
     def on_hit(self, key: Key) -> bool: ...
 
+    def on_hits(self, key: Key, count: int) -> bool: ...
+
     def on_remove(self, key: Key) -> None: ...
 
     def set_pinned(self, key: Key, pinned: bool) -> None: ...
@@ -253,10 +255,14 @@ class _Tracking:
 
     def on_hit(self, key: Key) -> bool:
         """Record a hit; False (and no effect) if ``key`` is not tracked."""
+        return self.on_hits(key, 1)
+
+    def on_hits(self, key: Key, count: int) -> bool:
+        """Record ``count`` hits at once: the same as ``count`` calls of :meth:`on_hit`."""
         if key not in self._sizes:
             return False
         if key not in self._pinned:
-            self._touch(key)
+            self._touch(key, count)
         return True
 
     def on_remove(self, key: Key) -> None:
@@ -314,7 +320,7 @@ class _Tracking:
     def _drop(self, key: Key) -> None:
         raise NotImplementedError
 
-    def _touch(self, key: Key) -> None:
+    def _touch(self, key: Key, count: int) -> None:
         raise NotImplementedError
 
     def _pop_coldest(self) -> Key | None:
@@ -342,7 +348,7 @@ class LRU(_Tracking):
     def _drop(self, key: Key) -> None:
         self._order.pop(key, None)
 
-    def _touch(self, key: Key) -> None:
+    def _touch(self, key: Key, count: int) -> None:
         self._order.move_to_end(key)
 
     def _pop_coldest(self) -> Key | None:
@@ -419,8 +425,8 @@ class GDSFPolicy(_Tracking):
         # Lazy deletion: the heap entry goes stale and is skipped when it surfaces.
         self._entries.pop(key, None)
 
-    def _touch(self, key: Key) -> None:
-        self._push(key, self._entries[key][2] + 1.0, self._sizes[key])
+    def _touch(self, key: Key, count: int) -> None:
+        self._push(key, self._entries[key][2] + count, self._sizes[key])
 
     def _live(self, item: tuple[float, int, Key]) -> bool:
         entry = self._entries.get(item[2])
@@ -542,21 +548,27 @@ class FrequencySketch:
             dk[b >> 3] |= 1 << (b & 7)
         return seen
 
-    def add(self, key: Key) -> None:
+    def add(self, key: Key, count: int = 1) -> None:
+        """Count ``count`` sightings of ``key`` (one hash for all of them).
+
+        The same as ``count`` single additions with conservative update, whose net effect is
+        that every cell below ``low + count`` rises to it (``low``: the key's smallest cell).
+        """
         h = self._hash(key)
-        self._additions += 1
+        self._additions += count
         if self._dk is not None and not self._dk_seen(h, True):
             # first sighting this period: only the doorkeeper remembers it
-            self._maybe_halve()
-            return
+            count -= 1
+            if not count:
+                self._maybe_halve()
+                return
         cells = self._cells(h)
         table = self._table
         values = [(table[c >> 1] >> ((c & 1) << 2)) & 0x0F for c in cells]
-        low = min(values)
-        if low < 15:
-            for c, v in zip(cells, values, strict=True):
-                if v == low:
-                    table[c >> 1] += 1 << ((c & 1) << 2)
+        target = min(min(values) + count, 15)
+        for c, v in zip(cells, values, strict=True):
+            if v < target:
+                table[c >> 1] += (target - v) << ((c & 1) << 2)
         self._maybe_halve()
 
     def _maybe_halve(self) -> None:
@@ -627,8 +639,11 @@ class TinyLFU:
         self.inner.resize(key, size)
 
     def on_hit(self, key: Key) -> bool:
-        self.sketch.add(key)
-        return self.inner.on_hit(key)
+        return self.on_hits(key, 1)
+
+    def on_hits(self, key: Key, count: int) -> bool:
+        self.sketch.add(key, count)
+        return self.inner.on_hits(key, count)
 
     def on_remove(self, key: Key) -> None:
         self.inner.on_remove(key)

@@ -84,6 +84,8 @@ RANGE_BYTES: Final = 16 << 20
 HIT_HALF_LIFE: Final = 7 * 86400.0
 # Victims detached per batch (bytes): bounds one batch's deletions and the lock hold.
 _BATCH_BYTES: Final = 32 << 20
+# Distinct keys whose hits the hit path buffers before handing them to the policy itself.
+_HITS_BATCH: Final = 1024
 # Seconds to wait for the event loop to say which pieces are in flight.
 _LOOP_WAIT: Final = 10.0
 # Periodic re-check (a run that freed nothing, pieces left to punch).
@@ -174,6 +176,10 @@ class Evictor:
         self._block = block_size or os.statvfs(store.directory).f_frsize or 4096
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
+        # Hits not yet given to the policy (key -> count, in order of each key's last hit):
+        # the hit path only bumps a dict entry; the policy's own work (sketch, heap) is done
+        # in batches, before any decision reads it (admit, eviction) or past _HITS_BATCH keys.
+        self._pending_hits: dict[bytes, int] = {}
         self._http_bytes = 0
         self._bt_bytes = 0
         # torrent ranges: held bytes, bytes served since the last counted hit, pieces per range
@@ -272,6 +278,7 @@ class Evictor:
             policy.on_insert(entry, size, pinned=pinned, hits=hits)
         with self._lock:
             self._policy = policy
+            self._pending_hits = {}  # counted in the index's hits, read above
             self._http_bytes = http
             self._bt_bytes = sum(ranges.values())
             self._ranges = ranges
@@ -303,11 +310,22 @@ class Evictor:
             self._policy.on_remove(key)
 
     def object_hit(self, key: bytes) -> None:
-        with self._lock:
-            self._policy.on_hit(key)
+        pending = self._pending_hits
+        pending[key] = pending.pop(key, 0) + 1
+        if len(pending) >= _HITS_BATCH:
+            with self._lock:
+                self._apply_hits_locked()
+
+    def _apply_hits_locked(self) -> None:
+        """Give the buffered hits to the policy (caller holds ``_lock``). A hit of a Vary
+        variant also counts for its primary, which is what eviction removes."""
+        pending, self._pending_hits = self._pending_hits, {}
+        on_hits = self._policy.on_hits
+        for key, count in pending.items():
+            on_hits(key, count)
             primary, sep, _ = key.partition(b"\x00")
             if sep:
-                self._policy.on_hit(primary)
+                on_hits(primary, count)
 
     def blobs_changed(self, added: Sequence[BlobRef], freed: Sequence[BlobRef]) -> None:
         gained = sum(self._round(ref.size) for ref in added)
@@ -421,6 +439,7 @@ class Evictor:
             if ok and not pinned:
                 ok = rounded <= self.quota.limit // 2
                 if ok and self.admission:
+                    self._apply_hits_locked()
                     ok = self._policy.admit(key, rounded)
             if not ok:
                 self._refused += 1
@@ -449,6 +468,7 @@ class Evictor:
                         excess = self._http_bytes + self._bt_bytes - self.quota.low_bytes
                         if excess <= 0:
                             break
+                        self._apply_hits_locked()
                         victims = self._policy.victims(min(excess, _BATCH_BYTES))
                     if not victims:
                         log.warning(

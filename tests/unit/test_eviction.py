@@ -417,3 +417,35 @@ def test_default_policy_still_beats_lru_with_mild_popularity_churn() -> None:
     table = "\n".join(f"churn seed={s} LRU={lb:.3f} default={db:.3f}" for s, lb, db in rows)
     print("\n" + table)
     assert all(db >= 1.05 * lb for _, lb, db in rows), table
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(1, 20)), min_size=1, max_size=60),
+    st.booleans(),
+)
+def test_counting_n_sightings_at_once_equals_n_single_ones(
+    batches: list[tuple[int, int]], doorkeeper: bool
+) -> None:
+    """The hit path hands the policy batched counts; the sketch must end up identical."""
+    one_by_one = FrequencySketch(64, doorkeeper=doorkeeper, sample_size=10**9)
+    batched = FrequencySketch(64, doorkeeper=doorkeeper, sample_size=10**9)
+    for key, count in batches:
+        for _ in range(count):
+            one_by_one.add(key)
+        batched.add(key, count)
+    assert all(one_by_one.estimate(k) == batched.estimate(k) for k in range(41))
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_on_hits_is_the_same_as_that_many_on_hit(name: str) -> None:
+    single, batched = FACTORIES[name](10_000), FACTORIES[name](10_000)
+    for policy in (single, batched):
+        for k in range(20):
+            policy.on_insert(k, 100 + k)
+    hits = [(k % 7, 1 + k % 3) for k in range(30)]
+    for key, count in hits:
+        for _ in range(count):
+            single.on_hit(key)
+        batched.on_hits(key, count)
+    assert single.victims(1_000) == batched.victims(1_000)
