@@ -555,6 +555,19 @@ class Harness(Protocol):
         """Extra JSON fields for a failed run (e.g. a daemon log tail)."""
 
 
+def result_header(name: str, params: Any, started: float) -> dict[str, Any]:
+    """The head every benchmark's JSON starts with: what ran, where, from which source."""
+    return {
+        "schema": f"swarmcache-{name.replace('_', '-')}/1",
+        "command": shlex.join(["python", *sys.argv]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "params": asdict(params),
+        "machine": machine_facts(),
+        "source": source_facts(),
+        "load_before": loadavg(),
+    }
+
+
 def run_benchmark(
     *,
     name: str,
@@ -575,16 +588,8 @@ def run_benchmark(
         return 2
     signal.signal(signal.SIGTERM, on_sigterm)
     started = time.time()
-    doc: dict[str, Any] = {
-        "schema": f"swarmcache-{name.replace('_', '-')}/1",
-        "command": shlex.join(["python", *sys.argv]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "params": asdict(params),
-        "machine": machine_facts(),
-        "source": source_facts(),
-        "load_before": loadavg(),
-        "other_namespaces_before": other_namespaces(),
-    }
+    doc = result_header(name, params, started)
+    doc["other_namespaces_before"] = other_namespaces()
     scratch = Path(tempfile.mkdtemp(prefix=f"swarmcache-{prefix_stem}-", dir=scratch_dir))
     bed = Testbed.fresh(prefix_stem)
     doc["testbed_prefix"] = bed.prefix

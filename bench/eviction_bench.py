@@ -27,19 +27,18 @@ import asyncio
 import json
 import os
 import random
-import shlex
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchlib import PROJECT, loadavg, log, machine_facts, ratio, source_facts
+from benchlib import PROJECT, loadavg, log, ratio, result_header
 
 from cache.eviction import Quota
 from cache.evictor import Evictor
@@ -218,15 +217,7 @@ def main() -> int:
     params = Params(objects, hits, args.seed, args.scratch_dir)
     scratch = Path(tempfile.mkdtemp(prefix="swarmcache-evict-", dir=args.scratch_dir))
     started = time.time()
-    doc: dict[str, Any] = {
-        "schema": "swarmcache-eviction/1",
-        "command": shlex.join(["python", *sys.argv]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "params": asdict(params),
-        "machine": machine_facts(),
-        "source": source_facts(),
-        "load_before": loadavg(),
-    }
+    doc = result_header("eviction", params, started)
     try:
         doc["throughput"] = throughput(params, scratch / "throughput")
         doc["latency"] = asyncio.run(latency(params, scratch / "latency"))

@@ -27,13 +27,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from cache import policy
-from cache.keyrules import rule_key
 from cache.pins import KINDS, PinError, PinKind, PinRule, PinRules, RuleSet, parse_host_pattern
 from cache.store import ObjectMeta, Store
 from swarm.service import SwarmService
 from swarmcache.http.handler import CacheHandler
 from swarmcache.http.parser import RemoteProtocolError
-from swarmcache.http.target import split_authority
+from swarmcache.http.target import split_authority, url_rule_key
 from swarmcache.metrics import RESULTS, Metrics
 
 __all__ = ["OperatorAPI", "info_hash_param", "normalize_prefix", "normalize_url"]
@@ -357,17 +356,8 @@ class OperatorAPI:
             return lambda u: u == url
         return lambda u: u == url or self._rule_key(u) == wanted
 
-    def _rule_key(self, url: bytes) -> bytes | None:
-        rules = self.handler.key_rules
-        if not rules:
-            return None
-        authority, slash, path = url[7:].partition(b"/")
-        try:
-            host, _ = split_authority(authority, 80)
-        except RemoteProtocolError:
-            return None
-        rule = rules.match(host)
-        return None if rule is None else rule_key(rule, authority, slash + path)
+    def _rule_key(self, url: bytes) -> tuple[bytes, bool] | None:
+        return url_rule_key(url, self.handler.key_rules)
 
     async def _inspect_view(self, request: web.Request) -> web.Response:
         url = self._url_param(request)

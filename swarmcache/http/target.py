@@ -25,6 +25,7 @@ __all__ = [
     "resolve_target",
     "split_authority",
     "trust_scope",
+    "url_rule_key",
     "variant_key",
 ]
 
@@ -137,17 +138,29 @@ def trust_scope(target: Target) -> bytes:
 def key_for_url(target: Target, url: bytes, rules: KeyRules | None = None) -> bytes:
     """The primary key of ``url`` (canonical ``http://authority/path``, same origin as
     ``target``) as a request on ``target``'s connection would get it."""
+    ruled = url_rule_key(url, rules)
+    if ruled is None:
+        return url + target.suffix
+    key, service = ruled
+    return key if service else key + target.suffix
+
+
+def url_rule_key(url: bytes, rules: KeyRules | None) -> tuple[bytes, bool] | None:
+    """The key a key rule gives ``url`` (canonical ``http://authority/path``) before any
+    destination suffix, and whether it is a service key; None if no rule applies."""
     rest = url[7:] if url[:7].lower() == b"http://" else b""
+    if not rules or not rest:
+        return None
     slash = rest.find(b"/")
     authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
     try:
         host, _ = split_authority(authority, 80)
     except RemoteProtocolError:
-        return url + target.suffix
-    rule = rules.match(host) if rules and rest else None
+        return None
+    rule = rules.match(host)
     if rule is None:
-        return url + target.suffix
-    return rule_key(rule, authority, path) + (b"" if rule.service else target.suffix)
+        return None
+    return rule_key(rule, authority, path), bool(rule.service)
 
 
 def variant_key(primary: bytes, generation: float, vary_key: bytes) -> bytes:

@@ -4,33 +4,13 @@ not corrupt: the request is served from the origin, and nothing is reported or d
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from cache.store import BlobRef, ObjectMeta, Store
-from swarmcache.config import CacheConfig, Config
-from swarmcache.http.accesslog import AccessLog
 from swarmcache.http.dedup import DedupAttempt
 from swarmcache.http.handler import CacheHandler
 from swarmcache.http.target import Target
-from swarmcache.metrics import Metrics
 
 URL = b"http://example.com/big.iso"
-
-
-@pytest.fixture
-def handler(tmp_path: Path) -> Iterator[CacheHandler]:
-    config = dataclasses.replace(
-        Config(), cache=CacheConfig(dir=str(tmp_path), index_map_bytes=1 << 24)
-    )
-    store = Store(tmp_path, map_size=1 << 24)
-    try:
-        yield CacheHandler(store=store, metrics=Metrics(), config=config, access_log=AccessLog(""))
-    finally:
-        store.close()
 
 
 def _stored(store: Store, key: bytes, body: bytes) -> ObjectMeta:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,9 @@ from cache.fingerprint import (
     sample_ranges,
     strong_validator,
 )
-from cache.store import BlobRef, ObjectMeta, Store, StoreError
+from cache.store import BlobRef, Store, StoreError
 from swarmcache.http.dedup import _copy_range
+from tests.unit.test_store import meta_for, write_blob
 
 # --- fingerprint ----------------------------------------------------------------------
 
@@ -176,29 +176,9 @@ def test_a_sample_is_same_exactly_when_the_bytes_are_equal(body: bytes) -> None:
 # --- the LMDB table -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "store", map_size=1 << 30)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def _stored(store: Store, key: bytes, body: bytes) -> BlobRef:
-    with store.begin_blob() as writer:
-        writer.write(body)
-        ref = writer.commit(fsync=False)
-    meta = ObjectMeta(
-        url=key,
-        status=200,
-        reason=b"OK",
-        headers=(),
-        request_time=1.0,
-        response_time=1.0,
-        blob=ref,
-    )
-    store.put(key, meta)
+    ref = write_blob(store, body)
+    store.put(key, meta_for(ref, url=key))
     return ref
 
 

@@ -3,7 +3,6 @@ the store's key-range scans find exactly the keys a full scan would."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,6 @@ from cache.pins import PinError, PinRule, PinRules, RuleSet, parse_host_pattern,
 from cache.store import ObjectMeta, Store
 from swarmcache.admin_api import normalize_prefix, normalize_url
 from tests.unit.test_store import meta_for, write_blob
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "store", map_size=1 << 30)
-    try:
-        yield s
-    finally:
-        s.close()
-
 
 labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 hosts = st.lists(labels, min_size=1, max_size=4).map(".".join)

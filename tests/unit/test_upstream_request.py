@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from cache.store import Store
-from swarmcache.config import CacheConfig, Config
-from swarmcache.http.accesslog import AccessLog
 from swarmcache.http.handler import CacheHandler
 from swarmcache.http.parser import Request
 from swarmcache.http.target import resolve_target
-from swarmcache.metrics import Metrics
-
-
-@pytest.fixture
-def handler(tmp_path: Path) -> Iterator[CacheHandler]:
-    config = dataclasses.replace(
-        Config(), cache=CacheConfig(dir=str(tmp_path), index_map_bytes=1 << 24)
-    )
-    store = Store(tmp_path, map_size=1 << 24)
-    try:
-        yield CacheHandler(store=store, metrics=Metrics(), config=config, access_log=AccessLog(""))
-    finally:
-        store.close()
 
 
 def _host_sent(handler: CacheHandler, request: Request, *, transparent: bool) -> list[bytes]:
