@@ -925,9 +925,14 @@ class CacheHandler:
         descriptor on the file.
         """
         self.hot.drop_urls(match)
+        return self._detach_fills(lambda target: match(target.url))
+
+    def _detach_fills(self, selects: Callable[[Target], bool]) -> int:
+        """Fills under way for the targets ``selects`` will not be indexed, and later requests
+        do not join them; their clients still get the whole body. Returns how many."""
         dropped = 0
         for fill, (target, pending) in list(self._fills.items()):
-            if match(target.url):
+            if selects(target):
                 del self._fills[fill]
                 if pending is not None:
                     self.coalescer.end(target.key, pending)
@@ -1186,7 +1191,10 @@ class CacheHandler:
                 for url in policy.invalidation_targets(
                     request.method, response.status, response.headers, ex.target.url
                 ):
-                    self._delete_object(key_for_url(ex.target, url, self.key_rules))
+                    # A fill of the old state still under way must not be indexed after this.
+                    key = key_for_url(ex.target, url, self.key_rules)
+                    self._detach_fills(_has_key(key))
+                    self._delete_object(key)
             if rewrite is not None and response.status == 200 and request.method == b"GET":
                 return await self._relay_rewritten(conn, ex, upstream, response, rewrite)
             return await self._relay(conn, ex, upstream, response, self.status.bypass)
@@ -1331,6 +1339,10 @@ class CacheHandler:
         self.metrics.tunnel_bytes.inc(moved)
         self._finish(conn, ex)
         return False
+
+
+def _has_key(key: bytes) -> Callable[[Target], bool]:
+    return lambda target: target.key == key
 
 
 def _framing(
